@@ -268,7 +268,7 @@ impl Header {
         match version {
             2 | 3 => {}
             1 => return Err(r.err("GGUF version 1 is not supported (re-convert the model with a recent llama.cpp)")),
-            v if v.swap_bytes() <= 3 => return Err(r.err("big-endian GGUF files are not supported")),
+            v if (1..=3).contains(&v.swap_bytes()) => return Err(r.err("big-endian GGUF files are not supported")),
             v => return Err(r.err(format!("unsupported GGUF version {v} (supported: 2, 3)"))),
         }
         let n_tensors = r.count("tensor_count", 8 + 4 + 4 + 8)?;

