@@ -8,6 +8,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod generate;
@@ -23,4 +24,5 @@ pub mod util;
 pub mod weights;
 
 pub use config::{Activation, Arch, ModelConfig};
+pub use engine::{Engine, EngineOptions};
 pub use error::{EngineError, Result};

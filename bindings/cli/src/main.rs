@@ -1,1 +1,50 @@
-fn main() {}
+//! `ember`: the command line. Each subcommand converts its arguments to engine types and calls
+//! the engine; no model logic lives here. Answers go to stdout, logs and progress to stderr.
+
+mod args;
+mod batch;
+mod chat;
+mod info;
+mod perplexity;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ember", version, about = "Run LLMs on small and old GPUs, and on the CPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer one prompt, streaming the answer to stdout.
+    Run(run::RunArgs),
+    /// Interactive multi-turn chat (/reset, /exit, Ctrl-D).
+    Chat(chat::ChatArgs),
+    /// Generate for every line of a JSONL file; re-running skips ids already answered.
+    Batch(batch::BatchArgs),
+    /// Perplexity and top-1 accuracy of the model on a text file.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Architecture, sizes, formats and bytes by tensor kind.
+    Info(info::InfoArgs),
+    /// Download a known model (default: the default model) into the cache.
+    Pull(info::PullArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Batch(a) => batch::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Pull(a) => info::pull(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,1 +1,7 @@
-//! CPU kernels.
+//! CPU kernels: quantized matrix products ([`matmul`]) and the small per-vector ops ([`ops`]).
+//! Parallel with rayon's global pool; SIMD chosen at run time inside the row kernels.
+
+pub mod matmul;
+pub mod ops;
+
+pub use matmul::{matmul, matvec};

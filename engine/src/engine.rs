@@ -1,0 +1,113 @@
+//! [`Engine`]: a loaded model ready to generate — the entry point for every face of Ember (CLI,
+//! Python, server, embedding daemons).
+
+use std::path::{Path, PathBuf};
+
+use crate::chat::{ChatTemplate, Message};
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::generate::Session;
+use crate::gguf::GgufFile;
+use crate::loader;
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+
+/// Options fixed when a model is opened.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Context length in tokens; `None` uses the length the model was trained with.
+    pub ctx: Option<usize>,
+}
+
+pub struct Engine {
+    pub path: PathBuf,
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    /// The GGUF header, for GGUF models.
+    pub gguf: Option<GgufFile>,
+    /// Bytes of every tensor in the file, by tensor kind (for `ember info`).
+    pub tensor_bytes: Vec<(String, usize)>,
+    ctx: usize,
+}
+
+impl Engine {
+    pub fn open(path: &Path, options: &EngineOptions) -> Result<Engine> {
+        let files = loader::open(path)?;
+        let model = Model::load(&files.config, &files.weights)?;
+        if files.tokenizer.vocab_size() > files.config.vocab_size {
+            return Err(EngineError::Config {
+                path: path.to_path_buf(),
+                field: "vocab_size".into(),
+                problem: format!(
+                    "the tokenizer has {} tokens but the embedding only {} rows",
+                    files.tokenizer.vocab_size(),
+                    files.config.vocab_size
+                ),
+            });
+        }
+        let ctx = match options.ctx {
+            Some(0) => return Err(EngineError::Param { name: "ctx", problem: "must be at least 1".into() }),
+            Some(c) => c,
+            None => files.config.train_ctx,
+        };
+        let tensor_bytes = bytes_by_kind(&files.weights);
+        Ok(Engine {
+            path: files.path,
+            model,
+            tokenizer: files.tokenizer,
+            chat_template: files.chat_template,
+            gguf: files.gguf,
+            tensor_bytes,
+            ctx,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.model.config
+    }
+
+    /// The context length sessions get.
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+
+    /// A new sequence with its own KV cache.
+    pub fn session(&self) -> Session<'_> {
+        Session::new(self)
+    }
+
+    /// The prompt text for a conversation: the chat template rendered with the generation
+    /// prompt, or (for models without a template) the messages' contents joined by newlines.
+    pub fn render_chat(&self, messages: &[Message]) -> Result<String> {
+        match &self.chat_template {
+            Some(t) => t.render(messages, true),
+            None => Ok(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n")),
+        }
+    }
+
+    /// Token ids of a prompt: BOS added when the model's metadata asks for it and the text does
+    /// not already start with it.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let with_bos = self.tokenizer.add_bos;
+        let mut ids = self.tokenizer.encode(text, false)?;
+        if with_bos {
+            if let Some(bos) = self.tokenizer.bos {
+                if ids.first() != Some(&bos) {
+                    ids.insert(0, bos);
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
+
+fn bytes_by_kind(w: &crate::weights::WeightStore) -> Vec<(String, usize)> {
+    let mut map = std::collections::BTreeMap::<String, usize>::new();
+    for (name, t) in &w.tensors {
+        let kind = name.strip_prefix("blk.").and_then(|s| s.split_once('.')).map(|(_, k)| k).unwrap_or(name);
+        let kind = kind.trim_end_matches(".weight").trim_end_matches(".bias");
+        *map.entry(format!("{kind} ({})", t.dtype)).or_default() += t.n_bytes();
+    }
+    map.into_iter().collect()
+}
