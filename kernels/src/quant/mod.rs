@@ -16,6 +16,9 @@ mod dispatch;
 mod float;
 mod kquants;
 mod legacy;
+mod legacy_q8;
+mod kquants_q8;
+pub mod q8;
 mod simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -173,6 +176,12 @@ impl RowKernels {
     /// Cheap: a table lookup plus std's cached feature check; call it once per matrix.
     pub fn for_dtype(dtype: DType) -> RowKernels {
         dispatch::best(dtype)
+    }
+
+    /// The integer dot of `dtype`'s rows with 8-bit activations ([`q8::Q8Acts`]), the fastest
+    /// this CPU supports; `None` for formats computed in float (F32, F16, BF16).
+    pub fn dot_q8(dtype: DType) -> Option<q8::DotQ8> {
+        legacy_q8::best(dtype).or_else(|| kquants_q8::best(dtype))
     }
 
     /// The kernels built for the compile target's baseline only, without run-time feature

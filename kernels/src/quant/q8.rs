@@ -1,0 +1,83 @@
+//! 8-bit activations for integer dot products (the approach of ggml's `vec_dot_*_q8_*`): the f32
+//! activation vector is quantized once per matrix product into blocks of 32 signed bytes with one
+//! f32 scale each, plus the sum of every 16 quantized values (for the formats whose blocks carry
+//! a minimum or an offset). A weight row's dot with it is then integer multiply-adds per block
+//! and one float multiply per block.
+
+/// Elements per activation block (one scale each).
+pub const Q8_BLOCK: usize = 32;
+
+/// A quantized activation vector of `n` elements (`n` a multiple of 32).
+#[derive(Clone, Debug, Default)]
+pub struct Q8Acts {
+    pub qs: Vec<i8>,     // (n)
+    pub d: Vec<f32>,     // (n / 32): x[i] ≈ d[i / 32] * qs[i]
+    pub sum16: Vec<i16>, // (n / 16): Σ qs over each group of 16
+}
+
+/// A borrowed view of one quantized activation vector (or of a slice of it, block-aligned).
+#[derive(Clone, Copy, Debug)]
+pub struct Q8Ref<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub sum16: &'a [i16],
+}
+
+impl Q8Acts {
+    pub fn len(&self) -> usize {
+        self.qs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.qs.is_empty()
+    }
+
+    pub fn as_ref(&self) -> Q8Ref<'_> {
+        Q8Ref { qs: &self.qs, d: &self.d, sum16: &self.sum16 }
+    }
+
+    /// Row `t` of a batch quantized with [`quantize_q8_rows`], each row `n` elements long.
+    pub fn row(&self, t: usize, n: usize) -> Q8Ref<'_> {
+        Q8Ref {
+            qs: &self.qs[t * n..(t + 1) * n],
+            d: &self.d[t * n / Q8_BLOCK..(t + 1) * n / Q8_BLOCK],
+            sum16: &self.sum16[t * n / 16..(t + 1) * n / 16],
+        }
+    }
+}
+
+/// Quantizes `x` (length a multiple of 32) into `out`, reusing its allocations: per block of 32,
+/// `d = max|x| / 127`, `q = round(x / d)`.
+pub fn quantize_q8(x: &[f32], out: &mut Q8Acts) {
+    out.qs.clear();
+    out.d.clear();
+    out.sum16.clear();
+    append_q8(x, out);
+}
+
+/// Quantizes `n_rows` rows of `x` one after the other (each row a multiple of 32 long).
+pub fn quantize_q8_rows(x: &[f32], out: &mut Q8Acts) {
+    quantize_q8(x, out)
+}
+
+fn append_q8(x: &[f32], out: &mut Q8Acts) {
+    debug_assert!(x.len() % Q8_BLOCK == 0);
+    for block in x.chunks_exact(Q8_BLOCK) {
+        let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        out.d.push(d);
+        for half in block.chunks_exact(16) {
+            let mut s = 0i16;
+            for v in half {
+                let q = (v * id).round() as i8;
+                s += q as i16;
+                out.qs.push(q);
+            }
+            out.sum16.push(s);
+        }
+    }
+}
+
+/// The integer-dot kernel of a weight format: `row` holds `qs.len()` elements in that format.
+pub type DotQ8 = fn(row: &[u8], acts: Q8Ref<'_>) -> f32;
