@@ -1,0 +1,639 @@
+//! x86-64 integer dots of the k-quant formats with 8-bit activations: ggml's AVX2
+//! `ggml_vec_dot_q*_K_q8_K` (`ggml-cpu/arch/x86/quants.c`), adapted to one activation scale per
+//! 32 elements (see `kquants_q8.rs` for the arithmetic).
+//!
+//! One generic body per format over a [`Madd`] (how unsigned × signed bytes are multiplied and
+//! summed), instantiated in three `#[target_feature]` copies:
+//! - `avx2`: `vpmaddubsw` (u8·i8 pairs → i16) and `vpmaddwd` (i16 pairs → i32);
+//! - `avx512vnni`: `vpdpbusd` on 256-bit vectors (AVX512-VNNI + AVX512-VL: Zen 4/5, Ice Lake+);
+//! - `avxvnni`: the VEX-encoded `vpdpbusd` (AVX-VNNI: Alder Lake+, Zen 5).
+//!
+//! A super-block is decoded into eight vectors of 32 unsigned quants, one per chunk (activation
+//! block). Four chunks' byte dots are folded by a transpose-add tree ([`Madd::dot4`]) into one
+//! vector whose lane `j` / `j + 4` holds the sum over the first / last 16 elements of chunk `j`,
+//! i.e. one lane per group of 16. The per-16 formats (Q6_K, Q3_K, Q2_K) take that vector as it
+//! is: the offsets `o·S_g` are subtracted in the integer domain, and one int→float conversion and
+//! one FMA against `sc_g·d_a·d` (scales shuffled to the same lane order once per super-block)
+//! finish four chunks. Q4_K/Q5_K add the two halves into eight chunk sums, so the whole
+//! super-block costs one conversion and one FMA; their minimums take one `vpmaddwd` of `sum16`
+//! and a second FMA.
+//!
+//! 512-bit versions are not written: the machine this was developed on exposes no AVX-512 (nor
+//! AVX-VNNI) to its guest, so they could be neither timed nor run there. The `vpdpbusd` copies
+//! share every line but [`Madd::dot`] with the AVX2 one; the unit tests below run that shared
+//! code with an exact AVX2 emulation of `vpdpbusd`.
+
+use super::{k4_scales_mins, q3_k_scales, whole_superblocks, DType, DotQ8, Q8Ref, CHUNKS, QK_K};
+use std::arch::is_x86_feature_detected as has;
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch
+// ---------------------------------------------------------------------------------------------
+
+/// The instruction sets a variant needs, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    Avx512Vnni,
+    AvxVnni,
+    Avx2,
+}
+
+impl Level {
+    const ALL: [Level; 3] = [Level::Avx512Vnni, Level::AvxVnni, Level::Avx2];
+
+    fn detected(self) -> bool {
+        let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+        avx2 && match self {
+            Level::Avx512Vnni => has!("avx512vnni") && has!("avx512vl"),
+            Level::AvxVnni => has!("avxvnni"),
+            Level::Avx2 => true,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Level::Avx512Vnni => "avx512vnni",
+            Level::AvxVnni => "avxvnni",
+            Level::Avx2 => "avx2",
+        }
+    }
+
+    fn kernel(self, dtype: DType) -> Option<DotQ8> {
+        match self {
+            Level::Avx512Vnni => avx512vnni(dtype),
+            Level::AvxVnni => avxvnni(dtype),
+            Level::Avx2 => avx2(dtype),
+        }
+    }
+}
+
+/// The best level this CPU has, detected once.
+fn best_level() -> Option<Level> {
+    static BEST: OnceLock<Option<Level>> = OnceLock::new();
+    *BEST.get_or_init(|| Level::ALL.into_iter().find(|l| l.detected()))
+}
+
+pub(super) fn best(dtype: DType) -> Option<DotQ8> {
+    best_level()?.kernel(dtype)
+}
+
+pub(super) fn variants(dtype: DType) -> Vec<(&'static str, DotQ8)> {
+    Level::ALL
+        .into_iter()
+        .rev()
+        .filter(|l| l.detected())
+        .filter_map(|l| Some((l.name(), l.kernel(dtype)?)))
+        .collect()
+}
+
+/// `fn $name(dtype) -> Option<DotQ8>`: the five kernels compiled with `$features`, using `$madd`.
+/// Call it only once `$features` were detected.
+macro_rules! kernel_set {
+    ($name:ident, $madd:ty, $features:literal) => {
+        fn $name(dtype: DType) -> Option<DotQ8> {
+            #[target_feature(enable = $features)]
+            unsafe fn dot<F: Format>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
+                // SAFETY: `F::dot` needs the features of `$madd` and AVX2/FMA/F16C, all enabled
+                // here.
+                unsafe { F::dot::<$madd>(row, acts) }
+            }
+            // SAFETY (each closure): reachable only through `Level::kernel` (or the tests), called
+            // for levels whose features `Level::detected` confirmed.
+            let dot: DotQ8 = match dtype {
+                DType::Q2_K => |r, a| unsafe { dot::<Q2K>(r, a) },
+                DType::Q3_K => |r, a| unsafe { dot::<Q3K>(r, a) },
+                DType::Q4_K => |r, a| unsafe { dot::<Q4K>(r, a) },
+                DType::Q5_K => |r, a| unsafe { dot::<Q5K>(r, a) },
+                DType::Q6_K => |r, a| unsafe { dot::<Q6K>(r, a) },
+                _ => return None,
+            };
+            Some(dot)
+        }
+    };
+}
+
+kernel_set!(avx2, Avx2, "avx2,fma,f16c");
+kernel_set!(avx512vnni, Avx512Vnni, "avx2,fma,f16c,avx512vnni,avx512vl");
+kernel_set!(avxvnni, AvxVnni, "avx2,fma,f16c,avxvnni");
+
+// ---------------------------------------------------------------------------------------------
+// Multiply-add of bytes
+// ---------------------------------------------------------------------------------------------
+
+/// Unsigned × signed byte products, summed. Implementations are only run inside functions that
+/// enable their instruction sets (see `kernel_set!`).
+trait Madd {
+    /// 8 i32 lanes, lane `k` = `Σ_{i<4} u[4k+i]·s[4k+i]` (bytes of `u` ≤ 63).
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
+
+    /// Four chunks folded: lane `j` = `Σ_{i<16} u_j[i]·s_j[i]`, lane `j + 4` the same over
+    /// `16 ≤ i < 32`. Bytes of `u` ≤ 63, of `s` in −128..=127.
+    #[inline(always)]
+    unsafe fn dot4(u: [__m256i; 4], s: [__m256i; 4]) -> __m256i {
+        // SAFETY: forwarded to the caller.
+        unsafe { tree(std::array::from_fn(|k| Self::dot(u[k], s[k]))) }
+    }
+}
+
+/// `vpmaddubsw` + `vpmaddwd` (needs AVX2).
+struct Avx2;
+
+impl Madd for Avx2 {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        // |pair| ≤ 2·63·128 = 16128: no saturation.
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    }
+
+    /// The first level of the tree on the i16 pair sums, so two `vpmaddwd` serve four chunks: a
+    /// pair is at most 2·63·128 = 16128 in magnitude, two of them 32256 < 32767.
+    #[inline(always)]
+    unsafe fn dot4(u: [__m256i; 4], s: [__m256i; 4]) -> __m256i {
+        let m: [__m256i; 4] = std::array::from_fn(|k| _mm256_maddubs_epi16(u[k], s[k]));
+        let ones = _mm256_set1_epi16(1);
+        let m01 = _mm256_add_epi16(_mm256_unpacklo_epi32(m[0], m[1]), _mm256_unpackhi_epi32(m[0], m[1]));
+        let m23 = _mm256_add_epi16(_mm256_unpacklo_epi32(m[2], m[3]), _mm256_unpackhi_epi32(m[2], m[3]));
+        let (w01, w23) = (_mm256_madd_epi16(m01, ones), _mm256_madd_epi16(m23, ones));
+        _mm256_add_epi32(_mm256_unpacklo_epi64(w01, w23), _mm256_unpackhi_epi64(w01, w23))
+    }
+}
+
+/// `vpdpbusd`, EVEX-encoded on 256 bits (needs AVX512-VNNI and AVX512-VL).
+struct Avx512Vnni;
+
+impl Madd for Avx512Vnni {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    }
+}
+
+/// `vpdpbusd`, VEX-encoded (needs AVX-VNNI).
+struct AvxVnni;
+
+impl Madd for AvxVnni {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
+    }
+}
+
+/// Folds four 8-lane vectors `p_j` into one: lane `j` = `Σ_{k<4} p_j[k]`, lane `j + 4` =
+/// `Σ_{k≥4} p_j[k]` (a 4×4 transpose-and-add within each 128-bit half).
+#[inline(always)]
+unsafe fn tree(p: [__m256i; 4]) -> __m256i {
+    let p01 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[0], p[1]), _mm256_unpackhi_epi32(p[0], p[1]));
+    let p23 = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2], p[3]), _mm256_unpackhi_epi32(p[2], p[3]));
+    _mm256_add_epi32(_mm256_unpacklo_epi64(p01, p23), _mm256_unpackhi_epi64(p01, p23))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// The eight f32 lanes of `v`, summed.
+#[inline(always)]
+unsafe fn hsum_ps(v: __m256) -> f32 {
+    let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    let x = _mm_add_ss(x, _mm_movehdup_ps(x));
+    _mm_cvtss_f32(x)
+}
+
+/// The f16 at `p`, as f32 in all eight lanes (F16C).
+#[inline(always)]
+unsafe fn half8(p: *const u8) -> __m256 {
+    // SAFETY: the caller guarantees two readable bytes at `p`.
+    let h = unsafe { p.cast::<u16>().read_unaligned() };
+    _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+}
+
+/// 32 bytes at `p`.
+#[inline(always)]
+unsafe fn load(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 32 readable bytes at `p`; `loadu` needs no alignment.
+    unsafe { _mm256_loadu_si256(p.cast()) }
+}
+
+/// The eight chunks of activation quants at `y`.
+#[inline(always)]
+unsafe fn load_acts(y: *const i8) -> [__m256i; 8] {
+    // SAFETY: the caller guarantees 256 readable bytes at `y`.
+    std::array::from_fn(|c| unsafe { load(y.add(32 * c).cast()) })
+}
+
+/// Scales (or sums) of 16 groups in lane order of [`Madd::dot4`]: byte indices
+/// `[0 2 4 6 1 3 5 7 8 10 12 14 9 11 13 15]`, so that half `h` of the result, widened to eight
+/// lanes, matches the `dot4` of chunks `4h .. 4h + 4`.
+#[inline(always)]
+unsafe fn group_order_epi8(v: __m128i) -> __m128i {
+    _mm_shuffle_epi8(v, _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15))
+}
+
+/// Eight signed bytes (the low or high half of `v`) as f32.
+#[inline(always)]
+unsafe fn i8_to_ps<const HIGH: bool>(v: __m128i) -> __m256 {
+    let v = if HIGH { _mm_unpackhi_epi64(v, v) } else { v };
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
+}
+
+/// The eight group sums `S_g` of chunks `4h .. 4h + 4` (`sum16[8h ..]` at `s`), as i32 in
+/// [`Madd::dot4`] lane order.
+#[inline(always)]
+unsafe fn group_sums(s: *const i16) -> __m256i {
+    // SAFETY: the caller guarantees 8 readable i16 at `s`.
+    let v = unsafe { _mm_loadu_si128(s.cast()) };
+    let order = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    _mm256_cvtepi16_epi32(_mm_shuffle_epi8(v, order))
+}
+
+/// The activation scales of chunks `4h .. 4h + 4` (at `d`), twice: `[d0 d1 d2 d3 d0 d1 d2 d3]`,
+/// the [`Madd::dot4`] lane order.
+#[inline(always)]
+unsafe fn chunk_scales4(d: *const f32) -> __m256 {
+    // SAFETY: the caller guarantees 4 readable f32 at `d`.
+    unsafe { _mm256_broadcast_ps(&*(d.cast::<__m128>())) }
+}
+
+/// Bit `c` of every byte of `v`, moved to bit `to` (0..8) and isolated.
+#[inline(always)]
+unsafe fn bit_to<const TO: i32>(v: __m256i, c: usize) -> __m256i {
+    // Each arm moves whole bytes' bits by at most 7 within 16-bit lanes; the mask drops what
+    // crossed from the neighbouring byte.
+    let s = c as i32 - TO;
+    let shifted = match s {
+        -7 => _mm256_slli_epi16::<7>(v),
+        -6 => _mm256_slli_epi16::<6>(v),
+        -5 => _mm256_slli_epi16::<5>(v),
+        -4 => _mm256_slli_epi16::<4>(v),
+        -3 => _mm256_slli_epi16::<3>(v),
+        -2 => _mm256_slli_epi16::<2>(v),
+        -1 => _mm256_slli_epi16::<1>(v),
+        0 => v,
+        1 => _mm256_srli_epi16::<1>(v),
+        2 => _mm256_srli_epi16::<2>(v),
+        3 => _mm256_srli_epi16::<3>(v),
+        4 => _mm256_srli_epi16::<4>(v),
+        5 => _mm256_srli_epi16::<5>(v),
+        6 => _mm256_srli_epi16::<6>(v),
+        _ => _mm256_srli_epi16::<7>(v),
+    };
+    _mm256_and_si256(shifted, _mm256_set1_epi8(1 << TO))
+}
+
+/// Bits `2k, 2k + 1` of every byte of `v`, as the value 0..=3.
+#[inline(always)]
+unsafe fn crumb(v: __m256i, k: usize) -> __m256i {
+    let shifted = match k {
+        0 => v,
+        1 => _mm256_srli_epi16::<2>(v),
+        2 => _mm256_srli_epi16::<4>(v),
+        _ => _mm256_srli_epi16::<6>(v),
+    };
+    _mm256_and_si256(shifted, _mm256_set1_epi8(3))
+}
+
+/// The low (`HIGH = false`) or high nibbles of `v`.
+#[inline(always)]
+unsafe fn nibble<const HIGH: bool>(v: __m256i) -> __m256i {
+    let v = if HIGH { _mm256_srli_epi16::<4>(v) } else { v };
+    _mm256_and_si256(v, _mm256_set1_epi8(0x0F))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formats
+// ---------------------------------------------------------------------------------------------
+
+/// One k-quant format's vector dot.
+trait Format {
+    /// `Σ_i w_i x_i` for one row against quantized activations.
+    ///
+    /// # Safety
+    /// AVX2, FMA, F16C and the instruction set of `M` are present. (Memory safety does not depend
+    /// on the arguments: only the whole super-blocks that `row` and `acts` all hold are read.)
+    unsafe fn dot<M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32;
+}
+
+/// Q4_K and Q5_K (chunk `c`'s quants from `quants(b, c)`, scales and mins at bytes 4..16 of the
+/// block, `d` and `dmin` at 0 and 2):
+/// `Σ_c d_a,c·(d·sc_c·Σ q y − dmin·m_c·(S_2c + S_2c+1))`.
+///
+/// # Safety
+/// As [`Format::dot`]; `quants(b, c)` reads only the `BYTES` bytes at `b`.
+#[inline(always)]
+unsafe fn dot_k4<M: Madd, const BYTES: usize>(
+    row: &[u8],
+    acts: Q8Ref<'_>,
+    quants: impl Fn(*const u8) -> [__m256i; 8],
+) -> f32 {
+    let nb = whole_superblocks(BYTES, row, acts);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_min = _mm256_setzero_ps();
+    for i in 0..nb {
+        // SAFETY (all reads below): super-block `i < nb` spans row bytes `BYTES·i ..`,
+        // activations `256i ..`, `d[8i .. 8i + 8]` and `sum16[16i .. 16i + 16]`, all in bounds by
+        // `whole_superblocks`.
+        unsafe {
+            let b = row.as_ptr().add(BYTES * i);
+            let sm = k4_scales_mins(&row[BYTES * i + 4..][..12]);
+            let sm = _mm_setr_epi32(sm[0] as i32, sm[1] as i32, sm[2] as i32, sm[3] as i32);
+            let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm));
+            let mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(sm, sm)));
+
+            let q = quants(b);
+            let y = load_acts(acts.qs.as_ptr().add(QK_K * i));
+            let t0 = M::dot4([q[0], q[1], q[2], q[3]], [y[0], y[1], y[2], y[3]]);
+            let t1 = M::dot4([q[4], q[5], q[6], q[7]], [y[4], y[5], y[6], y[7]]);
+            // Lanes: [t0 low halves | t1 high halves] + [t0 high halves | t1 low halves].
+            let chunks = _mm256_add_epi32(
+                _mm256_blend_epi32::<0xF0>(t0, t1),
+                _mm256_permute2x128_si256::<0x21>(t0, t1),
+            );
+            let s = _mm256_madd_epi16(load(acts.sum16.as_ptr().add(16 * i).cast()), _mm256_set1_epi16(1));
+
+            let da = _mm256_loadu_ps(acts.d.as_ptr().add(CHUNKS * i));
+            let (d, dmin) = (half8(b), half8(b.add(2)));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(chunks), _mm256_mul_ps(sc, _mm256_mul_ps(da, d)), acc);
+            let min_scale = _mm256_mul_ps(mins, _mm256_mul_ps(da, dmin));
+            acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), min_scale, acc_min);
+        }
+    }
+    // SAFETY: AVX is present (the caller's contract).
+    unsafe { hsum_ps(_mm256_sub_ps(acc, acc_min)) }
+}
+
+/// `block_q4_K { d, dmin: f16, scales: [u8; 12], qs: [u8; 128] }`: chunk `c` is the low (`c`
+/// even) or high nibbles of `qs[32 (c / 2) ..]`.
+struct Q4K;
+
+impl Format for Q4K {
+    #[inline(always)]
+    unsafe fn dot<M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
+        // SAFETY: forwarded; the quants are bytes 16..144 of the block.
+        unsafe {
+            dot_k4::<M, 144>(row, acts, |b| {
+                let qs: [__m256i; 4] = std::array::from_fn(|k| load(b.add(16 + 32 * k)));
+                std::array::from_fn(|c| {
+                    if c % 2 == 0 {
+                        nibble::<false>(qs[c / 2])
+                    } else {
+                        nibble::<true>(qs[c / 2])
+                    }
+                })
+            })
+        }
+    }
+}
+
+/// `block_q5_K { d, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128] }`: Q4_K's nibbles
+/// (`qs` from byte 48) plus bit `c` of `qh[l]`, worth 16.
+struct Q5K;
+
+impl Format for Q5K {
+    #[inline(always)]
+    unsafe fn dot<M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
+        // SAFETY: forwarded; `qh` is bytes 16..48, `qs` 48..176 of the block.
+        unsafe {
+            dot_k4::<M, 176>(row, acts, |b| {
+                let qh = load(b.add(16));
+                let qs: [__m256i; 4] = std::array::from_fn(|k| load(b.add(48 + 32 * k)));
+                std::array::from_fn(|c| {
+                    let low = if c % 2 == 0 {
+                        nibble::<false>(qs[c / 2])
+                    } else {
+                        nibble::<true>(qs[c / 2])
+                    };
+                    _mm256_or_si256(low, bit_to::<4>(qh, c))
+                })
+            })
+        }
+    }
+}
+
+/// Q6_K, Q3_K and Q2_K: per-16 scales `sc_g`, quants offset by `OFFSET`, minimums `m_g` (Q2_K):
+/// `Σ_c d_a,c·Σ_{g∈c} (d·sc_g·(Σ q y − OFFSET·S_g) − dmin·m_g·S_g)`.
+///
+/// `header(b)` gives `(d, dmin)` (zero without minimums) and the sixteen signed scales and
+/// minimums as bytes in natural group order; `quants(b, h)` the four chunks `4h .. 4h + 4`.
+///
+/// # Safety
+/// As [`Format::dot`]; `header` and `quants` read only the `BYTES` bytes at `b`.
+#[inline(always)]
+unsafe fn dot_k16<M: Madd, const BYTES: usize, const OFFSET: i32, const MINS: bool>(
+    row: &[u8],
+    acts: Q8Ref<'_>,
+    header: impl Fn(*const u8) -> (__m256, __m256, __m128i, __m128i),
+    quants: impl Fn(*const u8, usize) -> [__m256i; 4],
+) -> f32 {
+    let nb = whole_superblocks(BYTES, row, acts);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_min = _mm256_setzero_ps();
+    for i in 0..nb {
+        // SAFETY (all reads below): as in `dot_k4`.
+        unsafe {
+            let b = row.as_ptr().add(BYTES * i);
+            let (d, dmin, scales, mins) = header(b);
+            let scales = group_order_epi8(scales);
+            let y = load_acts(acts.qs.as_ptr().add(QK_K * i));
+            let s16 = acts.sum16.as_ptr().add(16 * i);
+            let da = acts.d.as_ptr().add(CHUNKS * i);
+            for h in 0..2 {
+                let q = quants(b, h);
+                let mut t = M::dot4(q, [y[4 * h], y[4 * h + 1], y[4 * h + 2], y[4 * h + 3]]);
+                if OFFSET != 0 {
+                    let s = group_sums(s16.add(8 * h));
+                    let offsets = match OFFSET {
+                        32 => _mm256_slli_epi32::<5>(s),
+                        4 => _mm256_slli_epi32::<2>(s),
+                        _ => _mm256_mullo_epi32(s, _mm256_set1_epi32(OFFSET)),
+                    };
+                    t = _mm256_sub_epi32(t, offsets);
+                }
+                let sc = if h == 0 {
+                    i8_to_ps::<false>(scales)
+                } else {
+                    i8_to_ps::<true>(scales)
+                };
+                let dd = _mm256_mul_ps(chunk_scales4(da.add(4 * h)), d);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(sc, dd), acc);
+            }
+            if MINS {
+                // Lane c: m_2c·S_2c + m_2c+1·S_2c+1, natural chunk order.
+                let m = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), load(s16.cast()));
+                let min_scale = _mm256_mul_ps(_mm256_loadu_ps(da), dmin);
+                acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), min_scale, acc_min);
+            }
+        }
+    }
+    // SAFETY: AVX is present (the caller's contract).
+    unsafe { hsum_ps(_mm256_sub_ps(acc, acc_min)) }
+}
+
+/// `block_q6_K { ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16 }`. Chunk `4h + k`: low
+/// nibbles (`k < 2`) or high nibbles of `ql[64h + 32 (k % 2) ..]`, plus bits `2k ..` of
+/// `qh[32h ..]` as bits 4–5; offset 32.
+struct Q6K;
+
+impl Format for Q6K {
+    #[inline(always)]
+    unsafe fn dot<M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
+        let header = |b: *const u8| {
+            // SAFETY: `scales` is bytes 192..208 and `d` 208..210 of the block.
+            unsafe {
+                let d = half8(b.add(208));
+                (
+                    d,
+                    _mm256_setzero_ps(),
+                    _mm_loadu_si128(b.add(192).cast()),
+                    _mm_setzero_si128(),
+                )
+            }
+        };
+        let quants = |b: *const u8, h: usize| {
+            // SAFETY: `ql` is bytes 0..128, `qh` 128..192 of the block.
+            unsafe {
+                let ql = [load(b.add(64 * h)), load(b.add(64 * h + 32))];
+                let qh = load(b.add(128 + 32 * h));
+                let high = |k: usize| _mm256_slli_epi16::<4>(crumb(qh, k));
+                [
+                    _mm256_or_si256(nibble::<false>(ql[0]), high(0)),
+                    _mm256_or_si256(nibble::<false>(ql[1]), high(1)),
+                    _mm256_or_si256(nibble::<true>(ql[0]), high(2)),
+                    _mm256_or_si256(nibble::<true>(ql[1]), high(3)),
+                ]
+            }
+        };
+        // SAFETY: forwarded.
+        unsafe { dot_k16::<M, 210, 32, false>(row, acts, header, quants) }
+    }
+}
+
+/// `block_q3_K { hmask: [u8; 32], qs: [u8; 64], scales: [u8; 12], d: f16 }`. Chunk `c = 4h + k`:
+/// bits `2k ..` of `qs[32h ..]`, plus bit `c` of `hmask[l]` as bit 2; offset 4; scales offset 32.
+struct Q3K;
+
+impl Format for Q3K {
+    #[inline(always)]
+    unsafe fn dot<M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
+        let header = |b: *const u8| {
+            // SAFETY: `scales` is bytes 96..108 and `d` 108..110 of the block.
+            unsafe {
+                let s = q3_k_scales(std::slice::from_raw_parts(b.add(96), 12));
+                let s = _mm_setr_epi32(s[0] as i32, s[1] as i32, s[2] as i32, s[3] as i32);
+                let s = _mm_sub_epi8(s, _mm_set1_epi8(32));
+                (half8(b.add(108)), _mm256_setzero_ps(), s, _mm_setzero_si128())
+            }
+        };
+        let quants = |b: *const u8, h: usize| {
+            // SAFETY: `hmask` is bytes 0..32, `qs` 32..96 of the block.
+            unsafe {
+                let hmask = load(b);
+                let qs = load(b.add(32 + 32 * h));
+                std::array::from_fn(|k| _mm256_or_si256(crumb(qs, k), bit_to::<2>(hmask, 4 * h + k)))
+            }
+        };
+        // SAFETY: forwarded.
+        unsafe { dot_k16::<M, 110, 4, false>(row, acts, header, quants) }
+    }
+}
+
+/// `block_q2_K { scales: [u8; 16], qs: [u8; 64], d, dmin: f16 }`. Chunk `c = 4h + k`: bits
+/// `2k ..` of `qs[32h ..]`; scale byte `g` = `sc_g | m_g << 4`.
+struct Q2K;
+
+impl Format for Q2K {
+    #[inline(always)]
+    unsafe fn dot<M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
+        let header = |b: *const u8| {
+            // SAFETY: `scales` is bytes 0..16, `d` and `dmin` 80..84 of the block.
+            unsafe {
+                let s = _mm_loadu_si128(b.cast());
+                let low = _mm_set1_epi8(0x0F);
+                let (sc, m) = (_mm_and_si128(s, low), _mm_and_si128(_mm_srli_epi16::<4>(s), low));
+                (half8(b.add(80)), half8(b.add(82)), sc, m)
+            }
+        };
+        let quants = |b: *const u8, h: usize| {
+            // SAFETY: `qs` is bytes 16..80 of the block.
+            unsafe {
+                let qs = load(b.add(16 + 32 * h));
+                std::array::from_fn(|k| crumb(qs, k))
+            }
+        };
+        // SAFETY: forwarded.
+        unsafe { dot_k16::<M, 84, 0, true>(row, acts, header, quants) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests of the `vpdpbusd` path on CPUs without it
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::q8::{quantize_q8, Q8Acts};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// `vpdpbusd` from zero, exactly, with AVX2: even and odd bytes widened to i16 and
+    /// multiplied by `vpmaddwd` (no saturation).
+    struct EmulatedDpbusd;
+
+    impl Madd for EmulatedDpbusd {
+        #[inline(always)]
+        unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+            let u_even = _mm256_and_si256(u, _mm256_set1_epi16(0x00FF));
+            let u_odd = _mm256_srli_epi16::<8>(u);
+            let s_even = _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(s));
+            let s_odd = _mm256_srai_epi16::<8>(s);
+            _mm256_add_epi32(_mm256_madd_epi16(u_even, s_even), _mm256_madd_epi16(u_odd, s_odd))
+        }
+    }
+
+    kernel_set!(emulated_vnni, EmulatedDpbusd, "avx2,fma,f16c");
+
+    /// Random blocks (finite f16 scales in ±0.05), random activations in ±3.
+    fn case(dtype: DType, blocks: usize, rng: &mut StdRng) -> (Vec<u8>, Q8Acts) {
+        let f16_at: &[usize] = match dtype {
+            DType::Q2_K => &[80, 82],
+            DType::Q3_K => &[108],
+            DType::Q4_K | DType::Q5_K => &[0, 2],
+            _ => &[208],
+        };
+        let bb = dtype.block_bytes();
+        let mut row: Vec<u8> = (0..blocks * bb).map(|_| rng.gen()).collect();
+        for block in row.chunks_exact_mut(bb) {
+            for &off in f16_at {
+                let h = half::f16::from_f32(rng.gen_range(-0.05f32..0.05));
+                block[off..off + 2].copy_from_slice(&h.to_le_bytes());
+            }
+        }
+        let x: Vec<f32> = (0..blocks * QK_K).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        let mut acts = Q8Acts::default();
+        quantize_q8(&x, &mut acts);
+        (row, acts)
+    }
+
+    #[test]
+    fn vpdpbusd_path_matches_portable() {
+        if !(has!("avx2") && has!("fma") && has!("f16c")) {
+            return;
+        }
+        let mut rng = StdRng::seed_from_u64(1);
+        for dtype in [DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+            let dot = emulated_vnni(dtype).expect("a k-quant");
+            let portable = super::super::portable(dtype).expect("a k-quant");
+            for blocks in 1..=8 {
+                for _ in 0..16 {
+                    let (row, acts) = case(dtype, blocks, &mut rng);
+                    let (got, want) = (dot(&row, acts.as_ref()), portable(&row, acts.as_ref()));
+                    let tol = 1e-4 * (1.0 + want.abs());
+                    assert!((got - want).abs() <= tol, "{dtype} {blocks} blocks: {got} vs {want}");
+                }
+            }
+        }
+    }
+}
