@@ -38,7 +38,7 @@ run: build model
 	$(EMBER) run --max-tokens $(MAX_TOKENS) "$(PROMPT)"
 
 test: prereqs model
-	$(CARGO) test --workspace --release
+	$(CARGO) test --workspace --release --no-fail-fast
 
 # Nothing needs apt yet: Rust (cargo) and python3 with pip (model download) only.
 prereqs:
