@@ -36,7 +36,7 @@ fn dir_entries(dir: &Path) -> Vec<String> {
 #[test]
 fn environment_home_offline_and_missing_pip() {
     let keys = ["EMBER_HOME", "HOME", "EMBER_OFFLINE", "PATH"];
-    let saved: Vec<_> = keys.iter().map(|k| std::env::var_os(k)).collect();
+    let saved: Vec<_> = keys.iter().map(std::env::var_os).collect();
 
     std::env::set_var("EMBER_HOME", "/some/where/ember");
     assert_eq!(hub::ember_home(), Path::new("/some/where/ember"));
