@@ -33,7 +33,11 @@ impl Q8Acts {
     }
 
     pub fn as_ref(&self) -> Q8Ref<'_> {
-        Q8Ref { qs: &self.qs, d: &self.d, sum16: &self.sum16 }
+        Q8Ref {
+            qs: &self.qs,
+            d: &self.d,
+            sum16: &self.sum16,
+        }
     }
 
     /// Row `t` of a batch quantized with [`quantize_q8_rows`], each row `n` elements long.
@@ -47,7 +51,10 @@ impl Q8Acts {
 }
 
 /// Quantizes `x` (length a multiple of 32) into `out`, reusing its allocations: per block of 32,
-/// `d = max|x| / 127`, `q = round(x / d)`.
+/// `d = max|x| / 127`, `q = round(x · (1/d))` with ties to even (as ggml's AVX quantizer, and
+/// unlike C's `roundf` in ggml's scalar one: a tie is a 1-in-2^23 event that moves one `q` by 1),
+/// and `q = 0` for an all-zero block. Every variant computes bit-identical output, the fastest
+/// this CPU supports is used. Non-finite inputs give unspecified (but memory-safe) blocks.
 pub fn quantize_q8(x: &[f32], out: &mut Q8Acts) {
     out.qs.clear();
     out.d.clear();
@@ -60,8 +67,41 @@ pub fn quantize_q8_rows(x: &[f32], out: &mut Q8Acts) {
     quantize_q8(x, out)
 }
 
+/// A quantizer: the body of [`quantize_q8`] (appends to `out`).
+pub type QuantizeQ8 = fn(x: &[f32], out: &mut Q8Acts);
+
+/// Every activation quantizer this CPU can run, named, `"portable"` first. They all produce the
+/// same bytes; [`quantize_q8`] uses the last. For tests and benchmarks.
+pub fn quantize_q8_variants() -> Vec<(&'static str, QuantizeQ8)> {
+    #[allow(unused_mut)] // extended on x86-64 only
+    let mut out: Vec<(&'static str, QuantizeQ8)> = vec![("portable", append_q8_portable)];
+    #[cfg(target_arch = "x86_64")]
+    out.extend(x86::variant());
+    out
+}
+
+/// The fastest quantizer, chosen once.
 fn append_q8(x: &[f32], out: &mut Q8Acts) {
-    debug_assert!(x.len() % Q8_BLOCK == 0);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static BEST: OnceLock<QuantizeQ8> = OnceLock::new();
+        let best = BEST
+            .get_or_init(|| x86::variant().map_or(append_q8_portable as QuantizeQ8, |(_, f)| f));
+        best(x, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    append_q8_portable(x, out)
+}
+
+/// The scalar quantizer: the definition the vector versions reproduce bit for bit (same
+/// operations in the same order: one division for `d`, one for `1/d`, one product per element).
+fn append_q8_portable(x: &[f32], out: &mut Q8Acts) {
+    // `(v + M) − M` rounds `v` to an integer, ties to even, exactly as `round_ties_even` for
+    // `|v| < 2^22` (here `|v| ≤ 127`): `v + M` lies in [2^23, 2^24), where the spacing of f32 is
+    // 1. Unlike `round_ties_even`, it needs no SSE4.1 (a libm call on baseline x86-64, 10×
+    // slower) and it vectorizes everywhere.
+    const M: f32 = 12_582_912.0; // 1.5 · 2^23
     for block in x.chunks_exact(Q8_BLOCK) {
         let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -70,7 +110,7 @@ fn append_q8(x: &[f32], out: &mut Q8Acts) {
         for half in block.chunks_exact(16) {
             let mut s = 0i16;
             for v in half {
-                let q = (v * id).round() as i8;
+                let q = ((v * id + M) - M) as i8;
                 s += q as i16;
                 out.qs.push(q);
             }
@@ -78,6 +118,10 @@ fn append_q8(x: &[f32], out: &mut Q8Acts) {
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+#[path = "q8_x86.rs"]
+mod x86;
 
 /// The integer-dot kernel of a weight format: `row` holds `qs.len()` elements in that format.
 pub type DotQ8 = fn(row: &[u8], acts: Q8Ref<'_>) -> f32;
