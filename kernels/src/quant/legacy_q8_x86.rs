@@ -9,13 +9,13 @@
 //! - `avx512vnni`: `vpdpbusd` on 256-bit vectors (AVX512-VNNI + AVX512-VL: Zen 4/5, Ice Lake+);
 //! - `avxvnni`: the VEX-encoded `vpdpbusd` (AVX-VNNI: Alder Lake+, Zen 5).
 //!
-//! The loop takes four blocks at a time: four 8-lane integer dots are folded by a transpose-add
-//! tree into one vector whose lane `b` / `b + 4` holds the low / high half of block `b`'s sum, so
-//! the four blocks need one int→float conversion and one FMA against `[s0 s1 s2 s3 s0 s1 s2 s3]`
-//! (`s_b = d_b·d_a,b`) instead of four of each. The weight scales of the four blocks are read with
-//! scalar loads into one 64-bit word and converted by one `vcvtph2ps`. The Q4_0/Q5_0 offsets
-//! (`−8·S`, `−16·S`) are subtracted in the integer domain from the low lanes; the Q4_1/Q5_1
-//! minimums go into a second, 4-lane accumulator.
+//! The loop takes four blocks at a time (then two, then one): four 8-lane integer dots are folded
+//! by a transpose-add tree into one vector whose lane `b` / `b + 4` holds the low / high half of
+//! block `b`'s sum, so the four blocks need one int→float conversion and one FMA against
+//! `[s0 s1 s2 s3 s0 s1 s2 s3]` (`s_b = d_b·d_a,b`) instead of four of each. The weight scales of
+//! the four blocks are read with scalar loads into one 64-bit word and converted by one
+//! `vcvtph2ps`. The Q4_0/Q5_0 offsets (`−8·S`, `−16·S`) are subtracted in the integer domain from
+//! the low lanes; the Q4_1/Q5_1 minimums go into a second, 4-lane accumulator.
 //!
 //! 512-bit versions (two blocks per `zmm`) are not written: the machine this was developed on
 //! exposes no AVX-512 to its guest, so they could be neither tested nor timed.
@@ -427,7 +427,26 @@ unsafe fn block_dot<F: Format, M: Madd>(w: __m256i, y: __m256i) -> __m256i {
     }
 }
 
-/// `Σ_j w_j x_j` for one row of format `F` against quantized activations.
+/// The blocks of one row and of its activations, as raw pointers (see [`dot_row`]).
+#[derive(Clone, Copy)]
+struct Blocks {
+    w: *const u8,
+    y: *const i8,
+    da: *const f32,
+    sums: *const i16,
+}
+
+/// Float accumulators: `sum` of the integer dots times `d·d_a` (in the layout of [`tree`]),
+/// `min` of the Q4_1/Q5_1 minimum terms `m·d_a·S` (one lane per block).
+#[derive(Clone, Copy)]
+struct Acc {
+    sum: __m256,
+    min: __m128,
+}
+
+/// `Σ_j w_j x_j` for one row of format `F` against quantized activations: four blocks per
+/// iteration, then two, then one. (Eight per iteration into two accumulators measured the same:
+/// the tree already gives each iteration four independent chains.)
 ///
 /// # Safety
 /// AVX2, FMA, F16C and the instruction set of `M` are present. (Memory safety does not depend on
@@ -435,77 +454,119 @@ unsafe fn block_dot<F: Format, M: Madd>(w: __m256i, y: __m256i) -> __m256i {
 #[inline(always)]
 unsafe fn dot_row<F: Format, M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
     let nb = whole_blocks(F::BYTES, row, acts);
-    let (w, y) = (row.as_ptr(), acts.qs.as_ptr());
-    let (da, sums) = (acts.d.as_ptr(), acts.sum16.as_ptr());
-    let mut acc = _mm256_setzero_ps();
-    let mut acc_min = _mm_setzero_ps();
+    let r = Blocks {
+        w: row.as_ptr(),
+        y: acts.qs.as_ptr(),
+        da: acts.d.as_ptr(),
+        sums: acts.sum16.as_ptr(),
+    };
+    let mut acc = Acc {
+        sum: _mm256_setzero_ps(),
+        min: _mm_setzero_ps(),
+    };
     let mut b = 0;
-    // SAFETY (all pointer reads below): block `b < nb` spans row bytes `b·BYTES..(b+1)·BYTES`,
-    // activations `32b..32b+32`, `d[b]` and `sum16[2b..2b+2]`, all in bounds by `whole_blocks`.
+    // SAFETY: every step reads blocks `b..b + n` with `b + n <= nb`, which `whole_blocks`
+    // guarantees `row` and `acts` hold.
     unsafe {
         while b + 4 <= nb {
-            let wb = w.add(b * F::BYTES);
-            let yb = y.add(b * Q8_BLOCK);
-            let qw = four!(|k| F::quants(wb.add(k * F::BYTES)));
-            let qy = four!(|k| _mm256_loadu_si256(yb.add(k * Q8_BLOCK).cast()));
-            let mut t = if F::SIGNED {
-                tree(four!(|k| block_dot::<F, M>(qw[k], qy[k])))
-            } else {
-                M::dot4_small(qw, qy)
-            };
-            let s16 = _mm_loadu_si128(sums.add(2 * b).cast()); // 8 × i16: two per block
-            if F::OFFSET != 0 {
-                let offsets = _mm_madd_epi16(s16, _mm_set1_epi16(F::OFFSET)); // OFFSET·S_b
-                t = _mm256_sub_epi32(t, _mm256_zextsi128_si256(offsets));
-            }
-            let dav = _mm_loadu_ps(da.add(b));
-            let s = _mm_mul_ps(halves4(wb, F::BYTES, 0), dav);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set_m128(s, s), acc);
-            if let Some(at) = F::MIN_AT {
-                let sb = _mm_cvtepi32_ps(_mm_madd_epi16(s16, _mm_set1_epi16(1)));
-                acc_min = _mm_fmadd_ps(sb, _mm_mul_ps(halves4(wb, F::BYTES, at), dav), acc_min);
-            }
+            acc = step4::<F, M>(r, b, acc);
             b += 4;
         }
         if b + 2 <= nb {
-            // Two blocks (rows of 18 blocks, SmolLM2's 576 columns, end here): half the tree,
-            // lanes `[B0 B1 B0 B1 | B0 B1 B0 B1]`, scales `[s0 s1]` repeated.
-            let wb = w.add(b * F::BYTES);
-            let yb = y.add(b * Q8_BLOCK);
-            let p0 = block_dot::<F, M>(F::quants(wb), _mm256_loadu_si256(yb.cast()));
-            let p1 = block_dot::<F, M>(
-                F::quants(wb.add(F::BYTES)),
-                _mm256_loadu_si256(yb.add(Q8_BLOCK).cast()),
-            );
-            let mut t =
-                _mm256_add_epi32(_mm256_unpacklo_epi32(p0, p1), _mm256_unpackhi_epi32(p0, p1));
-            let s16 = _mm_loadl_epi64(sums.add(2 * b).cast()); // 4 × i16, upper half zero
-            if F::OFFSET != 0 {
-                let offsets = _mm_madd_epi16(s16, _mm_set1_epi16(F::OFFSET));
-                t = _mm256_sub_epi32(t, _mm256_zextsi128_si256(offsets));
-            }
-            let dav = _mm_castpd_ps(_mm_load_sd(da.add(b).cast())); // [da0 da1 0 0]
-            let s = _mm_mul_ps(halves2(wb, F::BYTES, 0), dav);
-            let s = _mm256_castpd_ps(_mm256_broadcastsd_pd(_mm_castps_pd(s)));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), s, acc);
-            if let Some(at) = F::MIN_AT {
-                let sb = _mm_cvtepi32_ps(_mm_madd_epi16(s16, _mm_set1_epi16(1)));
-                acc_min = _mm_fmadd_ps(sb, _mm_mul_ps(halves2(wb, F::BYTES, at), dav), acc_min);
-            }
+            acc = step2::<F, M>(r, b, acc);
             b += 2;
         }
-        let mut tail = 0f32;
-        if b < nb {
-            let wb = w.add(b * F::BYTES);
-            let qy = _mm256_loadu_si256(y.add(b * Q8_BLOCK).cast());
-            let qy_w = hsum_epi32(block_dot::<F, M>(F::quants(wb), qy));
-            let s = *sums.add(2 * b) as i32 + *sums.add(2 * b + 1) as i32;
-            let da = *da.add(b);
-            tail = half(wb) * da * (qy_w - F::OFFSET as i32 * s) as f32;
-            if let Some(at) = F::MIN_AT {
-                tail += half(wb.add(at)) * da * s as f32;
-            }
+        let tail = if b < nb { step1::<F, M>(r, b) } else { 0.0 };
+        hsum_ps(acc.sum, acc.min) + tail
+    }
+}
+
+/// Blocks `b..b + 4` into `acc`.
+///
+/// # Safety
+/// As [`dot_row`]; the four blocks are in bounds.
+#[inline(always)]
+unsafe fn step4<F: Format, M: Madd>(r: Blocks, b: usize, acc: Acc) -> Acc {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let wb = r.w.add(b * F::BYTES);
+        let yb = r.y.add(b * Q8_BLOCK);
+        let qw = four!(|k| F::quants(wb.add(k * F::BYTES)));
+        let qy = four!(|k| _mm256_loadu_si256(yb.add(k * Q8_BLOCK).cast()));
+        let mut t = if F::SIGNED {
+            tree(four!(|k| block_dot::<F, M>(qw[k], qy[k])))
+        } else {
+            M::dot4_small(qw, qy)
+        };
+        let s16 = _mm_loadu_si128(r.sums.add(2 * b).cast()); // 8 × i16: two per block
+        if F::OFFSET != 0 {
+            let offsets = _mm_madd_epi16(s16, _mm_set1_epi16(F::OFFSET)); // OFFSET·S_b
+            t = _mm256_sub_epi32(t, _mm256_zextsi128_si256(offsets));
         }
-        hsum_ps(acc, acc_min) + tail
+        let dav = _mm_loadu_ps(r.da.add(b));
+        let s = _mm_mul_ps(halves4(wb, F::BYTES, 0), dav);
+        let sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set_m128(s, s), acc.sum);
+        let mut min = acc.min;
+        if let Some(at) = F::MIN_AT {
+            let sb = _mm_cvtepi32_ps(_mm_madd_epi16(s16, _mm_set1_epi16(1)));
+            min = _mm_fmadd_ps(sb, _mm_mul_ps(halves4(wb, F::BYTES, at), dav), min);
+        }
+        Acc { sum, min }
+    }
+}
+
+/// Blocks `b` and `b + 1` into `acc` (rows of 18 blocks, SmolLM2's 576 columns, end here): half
+/// the tree, lanes `[B0 B1 B0 B1 | B0 B1 B0 B1]`, scales `[s0 s1]` repeated.
+///
+/// # Safety
+/// As [`dot_row`]; the two blocks are in bounds.
+#[inline(always)]
+unsafe fn step2<F: Format, M: Madd>(r: Blocks, b: usize, acc: Acc) -> Acc {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let wb = r.w.add(b * F::BYTES);
+        let yb = r.y.add(b * Q8_BLOCK);
+        let p0 = block_dot::<F, M>(F::quants(wb), _mm256_loadu_si256(yb.cast()));
+        let p1 = block_dot::<F, M>(
+            F::quants(wb.add(F::BYTES)),
+            _mm256_loadu_si256(yb.add(Q8_BLOCK).cast()),
+        );
+        let mut t = _mm256_add_epi32(_mm256_unpacklo_epi32(p0, p1), _mm256_unpackhi_epi32(p0, p1));
+        let s16 = _mm_loadl_epi64(r.sums.add(2 * b).cast()); // 4 × i16, upper half zero
+        if F::OFFSET != 0 {
+            let offsets = _mm_madd_epi16(s16, _mm_set1_epi16(F::OFFSET));
+            t = _mm256_sub_epi32(t, _mm256_zextsi128_si256(offsets));
+        }
+        let dav = _mm_castpd_ps(_mm_load_sd(r.da.add(b).cast())); // [da0 da1 0 0]
+        let s = _mm_mul_ps(halves2(wb, F::BYTES, 0), dav);
+        let s = _mm256_castpd_ps(_mm256_broadcastsd_pd(_mm_castps_pd(s)));
+        let sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), s, acc.sum);
+        let mut min = acc.min;
+        if let Some(at) = F::MIN_AT {
+            let sb = _mm_cvtepi32_ps(_mm_madd_epi16(s16, _mm_set1_epi16(1)));
+            min = _mm_fmadd_ps(sb, _mm_mul_ps(halves2(wb, F::BYTES, at), dav), min);
+        }
+        Acc { sum, min }
+    }
+}
+
+/// Block `b` alone, in scalar float.
+///
+/// # Safety
+/// As [`dot_row`]; the block is in bounds.
+#[inline(always)]
+unsafe fn step1<F: Format, M: Madd>(r: Blocks, b: usize) -> f32 {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let wb = r.w.add(b * F::BYTES);
+        let qy = _mm256_loadu_si256(r.y.add(b * Q8_BLOCK).cast());
+        let qy_w = hsum_epi32(block_dot::<F, M>(F::quants(wb), qy));
+        let s = *r.sums.add(2 * b) as i32 + *r.sums.add(2 * b + 1) as i32;
+        let da = *r.da.add(b);
+        let mut dot = half(wb) * da * (qy_w - F::OFFSET as i32 * s) as f32;
+        if let Some(at) = F::MIN_AT {
+            dot += half(wb.add(at)) * da * s as f32;
+        }
+        dot
     }
 }

@@ -102,19 +102,34 @@ fn append_q8_portable(x: &[f32], out: &mut Q8Acts) {
     // 1. Unlike `round_ties_even`, it needs no SSE4.1 (a libm call on baseline x86-64, 10×
     // slower) and it vectorizes everywhere.
     const M: f32 = 12_582_912.0; // 1.5 · 2^23
-    for block in x.chunks_exact(Q8_BLOCK) {
-        let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let nb = x.len() / Q8_BLOCK;
+    let (q0, d0, s0) = (out.qs.len(), out.d.len(), out.sum16.len());
+    out.qs.resize(q0 + nb * Q8_BLOCK, 0);
+    out.d.resize(d0 + nb, 0.0);
+    out.sum16.resize(s0 + 2 * nb, 0);
+    let blocks = x
+        .chunks_exact(Q8_BLOCK)
+        .zip(out.qs[q0..].chunks_exact_mut(Q8_BLOCK));
+    let scales = out.d[d0..]
+        .iter_mut()
+        .zip(out.sum16[s0..].chunks_exact_mut(2));
+    for ((x, qs), (d_out, sums)) in blocks.zip(scales) {
+        // Eight running maxima (max is exact, so any order gives the same `amax`).
+        let mut m = [0f32; 8];
+        for c in x.chunks_exact(8) {
+            for (m, v) in m.iter_mut().zip(c) {
+                *m = m.max(v.abs());
+            }
+        }
+        let amax = m.iter().fold(0f32, |a, &b| a.max(b));
         let d = amax / 127.0;
         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        out.d.push(d);
-        for half in block.chunks_exact(16) {
-            let mut s = 0i16;
-            for v in half {
-                let q = ((v * id + M) - M) as i8;
-                s += q as i16;
-                out.qs.push(q);
-            }
-            out.sum16.push(s);
+        *d_out = d;
+        for (q, v) in qs.iter_mut().zip(x) {
+            *q = ((v * id + M) - M) as i8;
+        }
+        for (s, half) in sums.iter_mut().zip(qs.chunks_exact(16)) {
+            *s = half.iter().map(|&q| q as i16).sum();
         }
     }
 }
