@@ -3,6 +3,7 @@
 
 mod args;
 mod batch;
+mod bench;
 mod chat;
 mod info;
 mod perplexity;
@@ -31,6 +32,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Download a known model (default: the default model) into the cache.
     Pull(info::PullArgs),
+    /// Prefill and decode speed (tokens/s) and peak memory, like llama-bench.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -42,6 +45,7 @@ fn main() {
         Command::Perplexity(a) => perplexity::run(a),
         Command::Info(a) => info::run(a),
         Command::Pull(a) => info::pull(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,270 @@
+//! `ember bench`: prefill and decode speed, measured the way llama.cpp's `llama-bench -p P -n N`
+//! does. Per repetition: a fresh KV cache; a prefill of `P` pseudo-random token ids as ONE
+//! forward call; then `N` decode steps of one token each, each step a forward call followed by a
+//! greedy pick of the next token (the same work as real greedy decoding). One warm-up repetition
+//! is run first and not counted. Tokens/s are averaged over repetitions (mean ± sample standard
+//! deviation, as llama-bench reports them).
+//!
+//! Human output is a llama-bench-like table on stdout; `--json` prints one line instead. Progress
+//! goes to stderr.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use ember_engine::model::Logits;
+use ember_engine::sampling::{Sampler, SamplingParams};
+use ember_engine::Engine;
+
+use crate::args::{log, ModelArgs};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A GGUF file, a Hugging Face folder, or a known model name (`ember pull --list`).
+    #[arg(short, long, env = "EMBER_MODEL")]
+    pub model: Option<String>,
+    /// Prompt tokens, prefilled as one batch (0 = skip the prefill test).
+    #[arg(short = 'p', long = "prompt", default_value_t = 512)]
+    pub prompt: usize,
+    /// Decode steps of one token each (0 = skip the decode test).
+    #[arg(short = 'n', long = "gen", default_value_t = 128)]
+    pub gen: usize,
+    /// Measured repetitions (after one warm-up repetition that is not counted).
+    #[arg(short, long, default_value_t = 5)]
+    pub reps: usize,
+    /// Compute threads (default: all cores).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Seed of the pseudo-random prompt ids (splitmix64; the comparison script draws the same).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Print one JSON line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Seconds spent in each phase of one repetition (`None`: phase skipped).
+struct Rep {
+    prefill_s: Option<f64>,
+    decode_s: Option<f64>,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    if a.prompt + a.gen == 0 {
+        bail!("nothing to measure: both -p and -n are 0");
+    }
+    let model_args = ModelArgs { model: a.model.clone(), ctx: Some(a.prompt + a.gen + 1), threads: a.threads };
+    let engine = model_args.open()?;
+    let vocab = engine.tokenizer.vocab_size().min(engine.config().vocab_size).max(1);
+    let prompt = prompt_ids(a.seed, a.prompt, vocab);
+    // Without a prefill, decoding starts from the first id of the same pseudo-random sequence.
+    let first = prompt_ids(a.seed, 1, vocab)[0];
+
+    log::info("warm-up repetition");
+    one_rep(&engine, &prompt, first, a.gen)?;
+    let mut reps = Vec::with_capacity(a.reps);
+    for i in 0..a.reps {
+        let r = one_rep(&engine, &prompt, first, a.gen)?;
+        log::info(&format!("rep {}/{}: {}", i + 1, a.reps, describe(&r, a.prompt, a.gen)));
+        reps.push(r);
+    }
+
+    let prefill = Stats::of(reps.iter().filter_map(|r| r.prefill_s).map(|s| a.prompt as f64 / s));
+    let decode = Stats::of(reps.iter().filter_map(|r| r.decode_s).map(|s| a.gen as f64 / s));
+    let report = Report {
+        model: model_name(&engine),
+        size_bytes: engine.tensor_bytes.iter().map(|(_, b)| b).sum(),
+        weight_bytes_per_token: engine.model.weight_bytes(),
+        threads: rayon::current_num_threads(),
+        vocab,
+        prefill,
+        decode,
+        peak_rss: peak_rss_bytes(),
+    };
+    if a.json {
+        println!("{}", report.json(&a));
+    } else {
+        report.print_table(&a);
+    }
+    Ok(())
+}
+
+/// One repetition on a fresh KV cache: the prefill as one forward call, then `gen` decode steps.
+fn one_rep(engine: &Engine, prompt: &[u32], first: u32, gen: usize) -> Result<Rep> {
+    let model = &engine.model;
+    let mut cache = model.new_cache(prompt.len() + gen + 1);
+    let mut sampler = Sampler::new(SamplingParams::greedy())?;
+    let mut history: Vec<u32> = Vec::with_capacity(gen); // generated tokens, as in a session
+    let mut next = first;
+
+    let mut prefill_s = None;
+    if !prompt.is_empty() {
+        let t0 = Instant::now();
+        let logits = model.forward(prompt, &mut cache, Logits::Last)?;
+        next = sampler.sample(&logits, &history);
+        prefill_s = Some(t0.elapsed().as_secs_f64());
+    }
+
+    let mut decode_s = None;
+    if gen > 0 {
+        let t0 = Instant::now();
+        for _ in 0..gen {
+            history.push(next);
+            let logits = model.forward(&[next], &mut cache, Logits::Last)?;
+            next = sampler.sample(&logits, &history);
+        }
+        decode_s = Some(t0.elapsed().as_secs_f64());
+    }
+    Ok(Rep { prefill_s, decode_s })
+}
+
+/// `n` pseudo-random ids in `0..vocab` from splitmix64 (deterministic; easy to reproduce in
+/// another language so another engine can prefill the very same ids).
+pub fn prompt_ids(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z % vocab as u64) as u32
+        })
+        .collect()
+}
+
+fn describe(r: &Rep, p: usize, n: usize) -> String {
+    let mut parts = Vec::new();
+    if let Some(s) = r.prefill_s {
+        parts.push(format!("prefill {p} tok in {s:.3} s ({:.2} t/s)", p as f64 / s));
+    }
+    if let Some(s) = r.decode_s {
+        parts.push(format!("decode {n} tok in {s:.3} s ({:.2} t/s)", n as f64 / s));
+    }
+    parts.join(", ")
+}
+
+/// Mean and sample standard deviation of tokens/s over repetitions.
+#[derive(Clone, Copy)]
+struct Stats {
+    mean: f64,
+    sd: f64,
+}
+
+impl Stats {
+    fn of(values: impl Iterator<Item = f64>) -> Option<Stats> {
+        let v: Vec<f64> = values.collect();
+        if v.is_empty() {
+            return None;
+        }
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = if v.len() > 1 {
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        Some(Stats { mean, sd })
+    }
+}
+
+struct Report {
+    model: String,
+    size_bytes: usize,
+    weight_bytes_per_token: usize,
+    threads: usize,
+    vocab: usize, // the range the prompt ids are drawn from
+    prefill: Option<Stats>,
+    decode: Option<Stats>,
+    peak_rss: Option<u64>,
+}
+
+impl Report {
+    fn json(&self, a: &BenchArgs) -> String {
+        let mean = |s: Option<Stats>| s.map(|s| s.mean);
+        let sd = |s: Option<Stats>| s.map(|s| s.sd);
+        serde_json::json!({
+            "prefill_tps": mean(self.prefill),
+            "decode_tps": mean(self.decode),
+            "prefill_sd": sd(self.prefill),
+            "decode_sd": sd(self.decode),
+            "peak_rss_bytes": self.peak_rss,
+            "model": self.model,
+            "size_bytes": self.size_bytes,
+            "weight_bytes_per_token": self.weight_bytes_per_token,
+            "threads": self.threads,
+            "vocab": self.vocab,
+            "seed": a.seed,
+            "p": a.prompt,
+            "n": a.gen,
+            "reps": a.reps,
+        })
+        .to_string()
+    }
+
+    fn print_table(&self, a: &BenchArgs) {
+        let size = format!("{:.2} MiB", self.size_bytes as f64 / (1024.0 * 1024.0));
+        let mw = self.model.len().max(5);
+        println!("| {:<mw$} | {:>10} | {:>7} | {:>7} | {:>20} |", "model", "size", "threads", "test", "t/s");
+        println!("|-{:-<mw$}-|-{:->10}:|-{:->7}:|-{:->7}-|-{:->20}:|", "", "", "", "", "");
+        let rows = [(format!("pp{}", a.prompt), self.prefill), (format!("tg{}", a.gen), self.decode)];
+        for (test, stats) in rows {
+            if let Some(s) = stats {
+                let ts = format!("{:.2} ± {:.2}", s.mean, s.sd);
+                println!("| {:<mw$} | {:>10} | {:>7} | {:>7} | {:>20} |", self.model, size, self.threads, test, ts);
+            }
+        }
+        let rss = match self.peak_rss {
+            Some(b) => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
+            None => "n/a".into(),
+        };
+        println!();
+        println!(
+            "reps {} (+1 warm-up); weights read per token {:.1} MiB; peak RSS {rss}",
+            a.reps,
+            self.weight_bytes_per_token as f64 / (1024.0 * 1024.0)
+        );
+    }
+}
+
+/// The model file's name without `.gguf` (it usually names the quantization too), else the
+/// name in the model's metadata.
+fn model_name(engine: &Engine) -> String {
+    match engine.path.file_name().map(|f| f.to_string_lossy().into_owned()) {
+        Some(f) if !f.is_empty() => f.trim_end_matches(".gguf").to_string(),
+        _ => engine.config().name.trim().to_string(),
+    }
+}
+
+/// Peak resident set size of this process (VmHWM); `None` where /proc is not available.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompt_ids_are_deterministic_and_in_range() {
+        let a = prompt_ids(42, 1000, 49152);
+        assert_eq!(a, prompt_ids(42, 1000, 49152));
+        assert!(a.iter().all(|&t| t < 49152));
+        // splitmix64(seed 0) first output, the published test vector.
+        assert_eq!(prompt_ids(0, 1, usize::MAX)[0], 0xE220_A839_7B1D_CDAF_u64 as u32);
+    }
+
+    #[test]
+    fn stats_use_the_sample_deviation() {
+        let s = Stats::of([1.0, 2.0, 3.0].into_iter()).unwrap();
+        assert!((s.mean - 2.0).abs() < 1e-12 && (s.sd - 1.0).abs() < 1e-12);
+        assert_eq!(Stats::of([5.0].into_iter()).unwrap().sd, 0.0);
+        assert!(Stats::of(std::iter::empty()).is_none());
+    }
+}
