@@ -620,9 +620,9 @@ fn naive_forward(t: &Tiny, tokens: &[u32], relu: bool) -> Vec<Vec<f64>> {
 /// Ember's logits for `tokens` in one batch, and one token at a time.
 fn batched_and_stepwise(e: &Engine, tokens: &[u32]) -> (Vec<f32>, Vec<f32>) {
     let mut cache = e.model.new_cache(e.ctx());
-    let batched = e.model.forward(tokens, &mut cache, Logits::All).unwrap();
+    let batched = e.model.forward(tokens, &mut cache, Logits::All).unwrap().to_vec();
     let mut cache = e.model.new_cache(e.ctx());
-    let stepwise: Vec<f32> = tokens.iter().flat_map(|t| e.model.forward(&[*t], &mut cache, Logits::Last).unwrap()).collect();
+    let stepwise: Vec<f32> = tokens.iter().flat_map(|t| e.model.forward(&[*t], &mut cache, Logits::Last).unwrap().to_vec()).collect();
     (batched, stepwise)
 }
 
@@ -655,7 +655,7 @@ fn tiny_model_batched_prefill_equals_stepwise_decoding_and_the_naive_forward() {
     // starts with the same tokens gives the same logits as a fresh cache.
     let mut cache = e.model.new_cache(e.ctx());
     e.model.forward(&TOKENS[..6], &mut cache, Logits::Last).unwrap();
-    let rest = e.model.forward(&TOKENS[6..], &mut cache, Logits::All).unwrap();
+    let rest = e.model.forward(&TOKENS[6..], &mut cache, Logits::All).unwrap().to_vec();
     let diff = max_abs_diff(&rest, &batched[6 * vocab..]);
     assert!(diff < 1e-4, "prefill in two chunks differs by {diff}");
 }
