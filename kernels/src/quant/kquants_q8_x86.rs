@@ -133,7 +133,14 @@ trait Madd {
     #[inline(always)]
     unsafe fn dot4(u: [__m256i; 4], s: [__m256i; 4]) -> __m256i {
         // SAFETY: forwarded to the caller.
-        unsafe { tree(std::array::from_fn(|k| Self::dot(u[k], s[k]))) }
+        unsafe {
+            tree([
+                Self::dot(u[0], s[0]),
+                Self::dot(u[1], s[1]),
+                Self::dot(u[2], s[2]),
+                Self::dot(u[3], s[3]),
+            ])
+        }
     }
 }
 
@@ -151,7 +158,12 @@ impl Madd for Avx2 {
     /// pair is at most 2·63·128 = 16128 in magnitude, two of them 32256 < 32767.
     #[inline(always)]
     unsafe fn dot4(u: [__m256i; 4], s: [__m256i; 4]) -> __m256i {
-        let m: [__m256i; 4] = std::array::from_fn(|k| _mm256_maddubs_epi16(u[k], s[k]));
+        let m = [
+            _mm256_maddubs_epi16(u[0], s[0]),
+            _mm256_maddubs_epi16(u[1], s[1]),
+            _mm256_maddubs_epi16(u[2], s[2]),
+            _mm256_maddubs_epi16(u[3], s[3]),
+        ];
         let ones = _mm256_set1_epi16(1);
         let m01 = _mm256_add_epi16(_mm256_unpacklo_epi32(m[0], m[1]), _mm256_unpackhi_epi32(m[0], m[1]));
         let m23 = _mm256_add_epi16(_mm256_unpacklo_epi32(m[2], m[3]), _mm256_unpackhi_epi32(m[2], m[3]));
@@ -220,8 +232,20 @@ unsafe fn load(p: *const u8) -> __m256i {
 /// The eight chunks of activation quants at `y`.
 #[inline(always)]
 unsafe fn load_acts(y: *const i8) -> [__m256i; 8] {
+    let y = y.cast::<u8>();
     // SAFETY: the caller guarantees 256 readable bytes at `y`.
-    std::array::from_fn(|c| unsafe { load(y.add(32 * c).cast()) })
+    unsafe {
+        [
+            load(y),
+            load(y.add(32)),
+            load(y.add(64)),
+            load(y.add(96)),
+            load(y.add(128)),
+            load(y.add(160)),
+            load(y.add(192)),
+            load(y.add(224)),
+        ]
+    }
 }
 
 /// Scales (or sums) of 16 groups in lane order of [`Madd::dot4`]: byte indices
@@ -305,6 +329,10 @@ unsafe fn nibble<const HIGH: bool>(v: __m256i) -> __m256i {
 // ---------------------------------------------------------------------------------------------
 // Formats
 // ---------------------------------------------------------------------------------------------
+//
+// Everything below is `#[inline(always)]` functions and trait methods, no closures: closures
+// (`std::array::from_fn` included) are not always inlined into the `#[target_feature]` copies,
+// and then run their intrinsics as calls.
 
 /// One k-quant format's vector dot.
 trait Format {
@@ -316,19 +344,24 @@ trait Format {
     unsafe fn dot<M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32;
 }
 
-/// Q4_K and Q5_K (chunk `c`'s quants from `quants(b, c)`, scales and mins at bytes 4..16 of the
-/// block, `d` and `dmin` at 0 and 2):
-/// `Σ_c d_a,c·(d·sc_c·Σ q y − dmin·m_c·(S_2c + S_2c+1))`.
+/// Q4_K and Q5_K: per-32 scales and minimums (6 bits each, packed in bytes 4..16), `d` and
+/// `dmin` at bytes 0 and 2: `Σ_c d_a,c·(d·sc_c·Σ q y − dmin·m_c·(S_2c + S_2c+1))`.
+trait K4 {
+    const BYTES: usize;
+    /// The eight chunks' quants of the super-block at `b`.
+    ///
+    /// # Safety
+    /// `BYTES` readable bytes at `b`; AVX2 is present.
+    unsafe fn quants(b: *const u8) -> [__m256i; 8];
+}
+
+/// The dot of a [`K4`] format.
 ///
 /// # Safety
-/// As [`Format::dot`]; `quants(b, c)` reads only the `BYTES` bytes at `b`.
+/// As [`Format::dot`].
 #[inline(always)]
-unsafe fn dot_k4<M: Madd, const BYTES: usize>(
-    row: &[u8],
-    acts: Q8Ref<'_>,
-    quants: impl Fn(*const u8) -> [__m256i; 8],
-) -> f32 {
-    let nb = whole_superblocks(BYTES, row, acts);
+unsafe fn dot_k4<F: K4, M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
+    let nb = whole_superblocks(F::BYTES, row, acts);
     let mut acc = _mm256_setzero_ps();
     let mut acc_min = _mm256_setzero_ps();
     for i in 0..nb {
@@ -336,13 +369,13 @@ unsafe fn dot_k4<M: Madd, const BYTES: usize>(
         // activations `256i ..`, `d[8i .. 8i + 8]` and `sum16[16i .. 16i + 16]`, all in bounds by
         // `whole_superblocks`.
         unsafe {
-            let b = row.as_ptr().add(BYTES * i);
-            let sm = k4_scales_mins(&row[BYTES * i + 4..][..12]);
+            let b = row.as_ptr().add(F::BYTES * i);
+            let sm = k4_scales_mins(&row[F::BYTES * i + 4..][..12]);
             let sm = _mm_setr_epi32(sm[0] as i32, sm[1] as i32, sm[2] as i32, sm[3] as i32);
             let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm));
             let mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(sm, sm)));
 
-            let q = quants(b);
+            let q = F::quants(b);
             let y = load_acts(acts.qs.as_ptr().add(QK_K * i));
             let t0 = M::dot4([q[0], q[1], q[2], q[3]], [y[0], y[1], y[2], y[3]]);
             let t1 = M::dot4([q[4], q[5], q[6], q[7]], [y[4], y[5], y[6], y[7]]);
@@ -364,26 +397,37 @@ unsafe fn dot_k4<M: Madd, const BYTES: usize>(
     unsafe { hsum_ps(_mm256_sub_ps(acc, acc_min)) }
 }
 
+/// The low and high nibbles of the four 32-byte vectors at `p`: chunks 0..8 of Q4_K/Q5_K.
+///
+/// # Safety
+/// 128 readable bytes at `p`; AVX2 is present.
+#[inline(always)]
+unsafe fn nibble_chunks(p: *const u8) -> [__m256i; 8] {
+    // SAFETY: forwarded to the caller.
+    let qs = unsafe { [load(p), load(p.add(32)), load(p.add(64)), load(p.add(96))] };
+    [
+        nibble::<false>(qs[0]),
+        nibble::<true>(qs[0]),
+        nibble::<false>(qs[1]),
+        nibble::<true>(qs[1]),
+        nibble::<false>(qs[2]),
+        nibble::<true>(qs[2]),
+        nibble::<false>(qs[3]),
+        nibble::<true>(qs[3]),
+    ]
+}
+
 /// `block_q4_K { d, dmin: f16, scales: [u8; 12], qs: [u8; 128] }`: chunk `c` is the low (`c`
 /// even) or high nibbles of `qs[32 (c / 2) ..]`.
 struct Q4K;
 
-impl Format for Q4K {
+impl K4 for Q4K {
+    const BYTES: usize = 144;
+
     #[inline(always)]
-    unsafe fn dot<M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
-        // SAFETY: forwarded; the quants are bytes 16..144 of the block.
-        unsafe {
-            dot_k4::<M, 144>(row, acts, |b| {
-                let qs: [__m256i; 4] = std::array::from_fn(|k| load(b.add(16 + 32 * k)));
-                std::array::from_fn(|c| {
-                    if c % 2 == 0 {
-                        nibble::<false>(qs[c / 2])
-                    } else {
-                        nibble::<true>(qs[c / 2])
-                    }
-                })
-            })
-        }
+    unsafe fn quants(b: *const u8) -> [__m256i; 8] {
+        // SAFETY: `qs` is bytes 16..144 of the block.
+        unsafe { nibble_chunks(b.add(16)) }
     }
 }
 
@@ -391,75 +435,70 @@ impl Format for Q4K {
 /// (`qs` from byte 48) plus bit `c` of `qh[l]`, worth 16.
 struct Q5K;
 
-impl Format for Q5K {
+impl K4 for Q5K {
+    const BYTES: usize = 176;
+
     #[inline(always)]
-    unsafe fn dot<M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
-        // SAFETY: forwarded; `qh` is bytes 16..48, `qs` 48..176 of the block.
-        unsafe {
-            dot_k4::<M, 176>(row, acts, |b| {
-                let qh = load(b.add(16));
-                let qs: [__m256i; 4] = std::array::from_fn(|k| load(b.add(48 + 32 * k)));
-                std::array::from_fn(|c| {
-                    let low = if c % 2 == 0 {
-                        nibble::<false>(qs[c / 2])
-                    } else {
-                        nibble::<true>(qs[c / 2])
-                    };
-                    _mm256_or_si256(low, bit_to::<4>(qh, c))
-                })
-            })
-        }
+    unsafe fn quants(b: *const u8) -> [__m256i; 8] {
+        // SAFETY: `qh` is bytes 16..48, `qs` 48..176 of the block.
+        let (qh, q) = unsafe { (load(b.add(16)), nibble_chunks(b.add(48))) };
+        [
+            _mm256_or_si256(q[0], bit_to::<4>(qh, 0)),
+            _mm256_or_si256(q[1], bit_to::<4>(qh, 1)),
+            _mm256_or_si256(q[2], bit_to::<4>(qh, 2)),
+            _mm256_or_si256(q[3], bit_to::<4>(qh, 3)),
+            _mm256_or_si256(q[4], bit_to::<4>(qh, 4)),
+            _mm256_or_si256(q[5], bit_to::<4>(qh, 5)),
+            _mm256_or_si256(q[6], bit_to::<4>(qh, 6)),
+            _mm256_or_si256(q[7], bit_to::<4>(qh, 7)),
+        ]
     }
 }
 
 /// Q6_K, Q3_K and Q2_K: per-16 scales `sc_g`, quants offset by `OFFSET`, minimums `m_g` (Q2_K):
 /// `Σ_c d_a,c·Σ_{g∈c} (d·sc_g·(Σ q y − OFFSET·S_g) − dmin·m_g·S_g)`.
-///
-/// `header(b)` gives `(d, dmin)` (zero without minimums) and the sixteen signed scales and
-/// minimums as bytes in natural group order; `quants(b, h)` the four chunks `4h .. 4h + 4`.
+trait K16 {
+    const BYTES: usize;
+    /// `w = d·sc·(q − OFFSET)`: 32 or 4 (a power of two), or 0.
+    const OFFSET: i32;
+    /// Whether the format has minimums (`dmin·m_g`).
+    const MINS: bool;
+    /// `(d, dmin)` in all lanes (`dmin` zero without minimums), and the sixteen signed scales and
+    /// the minimums as bytes in natural group order.
+    ///
+    /// # Safety
+    /// `BYTES` readable bytes at `b`; AVX2 and F16C are present.
+    unsafe fn header(b: *const u8) -> (__m256, __m256, __m128i, __m128i);
+    /// The quants of chunks `4h .. 4h + 4` (`h` is 0 or 1).
+    ///
+    /// # Safety
+    /// As `header`.
+    unsafe fn quants(b: *const u8, h: usize) -> [__m256i; 4];
+}
+
+/// The dot of a [`K16`] format.
 ///
 /// # Safety
-/// As [`Format::dot`]; `header` and `quants` read only the `BYTES` bytes at `b`.
+/// As [`Format::dot`].
 #[inline(always)]
-unsafe fn dot_k16<M: Madd, const BYTES: usize, const OFFSET: i32, const MINS: bool>(
-    row: &[u8],
-    acts: Q8Ref<'_>,
-    header: impl Fn(*const u8) -> (__m256, __m256, __m128i, __m128i),
-    quants: impl Fn(*const u8, usize) -> [__m256i; 4],
-) -> f32 {
-    let nb = whole_superblocks(BYTES, row, acts);
+unsafe fn dot_k16<F: K16, M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
+    let nb = whole_superblocks(F::BYTES, row, acts);
     let mut acc = _mm256_setzero_ps();
     let mut acc_min = _mm256_setzero_ps();
     for i in 0..nb {
         // SAFETY (all reads below): as in `dot_k4`.
         unsafe {
-            let b = row.as_ptr().add(BYTES * i);
-            let (d, dmin, scales, mins) = header(b);
+            let b = row.as_ptr().add(F::BYTES * i);
+            let (d, dmin, scales, mins) = F::header(b);
             let scales = group_order_epi8(scales);
             let y = load_acts(acts.qs.as_ptr().add(QK_K * i));
             let s16 = acts.sum16.as_ptr().add(16 * i);
             let da = acts.d.as_ptr().add(CHUNKS * i);
-            for h in 0..2 {
-                let q = quants(b, h);
-                let mut t = M::dot4(q, [y[4 * h], y[4 * h + 1], y[4 * h + 2], y[4 * h + 3]]);
-                if OFFSET != 0 {
-                    let s = group_sums(s16.add(8 * h));
-                    let offsets = match OFFSET {
-                        32 => _mm256_slli_epi32::<5>(s),
-                        4 => _mm256_slli_epi32::<2>(s),
-                        _ => _mm256_mullo_epi32(s, _mm256_set1_epi32(OFFSET)),
-                    };
-                    t = _mm256_sub_epi32(t, offsets);
-                }
-                let sc = if h == 0 {
-                    i8_to_ps::<false>(scales)
-                } else {
-                    i8_to_ps::<true>(scales)
-                };
-                let dd = _mm256_mul_ps(chunk_scales4(da.add(4 * h)), d);
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(sc, dd), acc);
-            }
-            if MINS {
+            let (t0, f0) = k16_half::<F, M>(b, 0, [y[0], y[1], y[2], y[3]], s16, da, d, i8_to_ps::<false>(scales));
+            acc = _mm256_fmadd_ps(t0, f0, acc);
+            let (t1, f1) = k16_half::<F, M>(b, 1, [y[4], y[5], y[6], y[7]], s16, da, d, i8_to_ps::<true>(scales));
+            acc = _mm256_fmadd_ps(t1, f1, acc);
+            if F::MINS {
                 // Lane c: m_2c·S_2c + m_2c+1·S_2c+1, natural chunk order.
                 let m = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), load(s16.cast()));
                 let min_scale = _mm256_mul_ps(_mm256_loadu_ps(da), dmin);
@@ -471,42 +510,69 @@ unsafe fn dot_k16<M: Madd, const BYTES: usize, const OFFSET: i32, const MINS: bo
     unsafe { hsum_ps(_mm256_sub_ps(acc, acc_min)) }
 }
 
+/// Half `h` of a [`K16`] super-block at `b`: the eight group dots `Σ q y − OFFSET·S_g` (as f32,
+/// [`Madd::dot4`] lane order) and their factors `sc_g·d_a·d` (`sc` the scales in that order).
+///
+/// # Safety
+/// As [`K16::header`]; `y` the activations of chunks `4h ..`; 8 readable group sums at
+/// `s16 + 8h` and 4 scales at `da + 4h`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn k16_half<F: K16, M: Madd>(
+    b: *const u8,
+    h: usize,
+    y: [__m256i; 4],
+    s16: *const i16,
+    da: *const f32,
+    d: __m256,
+    sc: __m256,
+) -> (__m256, __m256) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let mut t = M::dot4(F::quants(b, h), y);
+        if F::OFFSET != 0 {
+            let s = group_sums(s16.add(8 * h));
+            let offsets = match F::OFFSET {
+                32 => _mm256_slli_epi32::<5>(s),
+                4 => _mm256_slli_epi32::<2>(s),
+                _ => _mm256_mullo_epi32(s, _mm256_set1_epi32(F::OFFSET)),
+            };
+            t = _mm256_sub_epi32(t, offsets);
+        }
+        let dd = _mm256_mul_ps(chunk_scales4(da.add(4 * h)), d);
+        (_mm256_cvtepi32_ps(t), _mm256_mul_ps(sc, dd))
+    }
+}
+
 /// `block_q6_K { ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16 }`. Chunk `4h + k`: low
 /// nibbles (`k < 2`) or high nibbles of `ql[64h + 32 (k % 2) ..]`, plus bits `2k ..` of
 /// `qh[32h ..]` as bits 4–5; offset 32.
 struct Q6K;
 
-impl Format for Q6K {
+impl K16 for Q6K {
+    const BYTES: usize = 210;
+    const OFFSET: i32 = 32;
+    const MINS: bool = false;
+
     #[inline(always)]
-    unsafe fn dot<M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
-        let header = |b: *const u8| {
-            // SAFETY: `scales` is bytes 192..208 and `d` 208..210 of the block.
-            unsafe {
-                let d = half8(b.add(208));
-                (
-                    d,
-                    _mm256_setzero_ps(),
-                    _mm_loadu_si128(b.add(192).cast()),
-                    _mm_setzero_si128(),
-                )
-            }
-        };
-        let quants = |b: *const u8, h: usize| {
-            // SAFETY: `ql` is bytes 0..128, `qh` 128..192 of the block.
-            unsafe {
-                let ql = [load(b.add(64 * h)), load(b.add(64 * h + 32))];
-                let qh = load(b.add(128 + 32 * h));
-                let high = |k: usize| _mm256_slli_epi16::<4>(crumb(qh, k));
-                [
-                    _mm256_or_si256(nibble::<false>(ql[0]), high(0)),
-                    _mm256_or_si256(nibble::<false>(ql[1]), high(1)),
-                    _mm256_or_si256(nibble::<true>(ql[0]), high(2)),
-                    _mm256_or_si256(nibble::<true>(ql[1]), high(3)),
-                ]
-            }
-        };
-        // SAFETY: forwarded.
-        unsafe { dot_k16::<M, 210, 32, false>(row, acts, header, quants) }
+    unsafe fn header(b: *const u8) -> (__m256, __m256, __m128i, __m128i) {
+        // SAFETY: `scales` is bytes 192..208 and `d` 208..210 of the block.
+        unsafe {
+            let scales = _mm_loadu_si128(b.add(192).cast());
+            (half8(b.add(208)), _mm256_setzero_ps(), scales, _mm_setzero_si128())
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn quants(b: *const u8, h: usize) -> [__m256i; 4] {
+        // SAFETY: `ql` is bytes 0..128, `qh` 128..192 of the block.
+        let (ql0, ql1, qh) = unsafe { (load(b.add(64 * h)), load(b.add(64 * h + 32)), load(b.add(128 + 32 * h))) };
+        [
+            _mm256_or_si256(nibble::<false>(ql0), _mm256_slli_epi16::<4>(crumb(qh, 0))),
+            _mm256_or_si256(nibble::<false>(ql1), _mm256_slli_epi16::<4>(crumb(qh, 1))),
+            _mm256_or_si256(nibble::<true>(ql0), _mm256_slli_epi16::<4>(crumb(qh, 2))),
+            _mm256_or_si256(nibble::<true>(ql1), _mm256_slli_epi16::<4>(crumb(qh, 3))),
+        ]
     }
 }
 
@@ -514,28 +580,33 @@ impl Format for Q6K {
 /// bits `2k ..` of `qs[32h ..]`, plus bit `c` of `hmask[l]` as bit 2; offset 4; scales offset 32.
 struct Q3K;
 
-impl Format for Q3K {
+impl K16 for Q3K {
+    const BYTES: usize = 110;
+    const OFFSET: i32 = 4;
+    const MINS: bool = false;
+
     #[inline(always)]
-    unsafe fn dot<M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
-        let header = |b: *const u8| {
-            // SAFETY: `scales` is bytes 96..108 and `d` 108..110 of the block.
-            unsafe {
-                let s = q3_k_scales(std::slice::from_raw_parts(b.add(96), 12));
-                let s = _mm_setr_epi32(s[0] as i32, s[1] as i32, s[2] as i32, s[3] as i32);
-                let s = _mm_sub_epi8(s, _mm_set1_epi8(32));
-                (half8(b.add(108)), _mm256_setzero_ps(), s, _mm_setzero_si128())
-            }
-        };
-        let quants = |b: *const u8, h: usize| {
-            // SAFETY: `hmask` is bytes 0..32, `qs` 32..96 of the block.
-            unsafe {
-                let hmask = load(b);
-                let qs = load(b.add(32 + 32 * h));
-                std::array::from_fn(|k| _mm256_or_si256(crumb(qs, k), bit_to::<2>(hmask, 4 * h + k)))
-            }
-        };
-        // SAFETY: forwarded.
-        unsafe { dot_k16::<M, 110, 4, false>(row, acts, header, quants) }
+    unsafe fn header(b: *const u8) -> (__m256, __m256, __m128i, __m128i) {
+        // SAFETY: `scales` is bytes 96..108 and `d` 108..110 of the block.
+        unsafe {
+            let s = q3_k_scales(std::slice::from_raw_parts(b.add(96), 12));
+            let s = _mm_setr_epi32(s[0] as i32, s[1] as i32, s[2] as i32, s[3] as i32);
+            let s = _mm_sub_epi8(s, _mm_set1_epi8(32));
+            (half8(b.add(108)), _mm256_setzero_ps(), s, _mm_setzero_si128())
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn quants(b: *const u8, h: usize) -> [__m256i; 4] {
+        // SAFETY: `hmask` is bytes 0..32, `qs` 32..96 of the block.
+        let (hmask, qs) = unsafe { (load(b), load(b.add(32 + 32 * h))) };
+        let c = 4 * h;
+        [
+            _mm256_or_si256(crumb(qs, 0), bit_to::<2>(hmask, c)),
+            _mm256_or_si256(crumb(qs, 1), bit_to::<2>(hmask, c + 1)),
+            _mm256_or_si256(crumb(qs, 2), bit_to::<2>(hmask, c + 2)),
+            _mm256_or_si256(crumb(qs, 3), bit_to::<2>(hmask, c + 3)),
+        ]
     }
 }
 
@@ -543,28 +614,49 @@ impl Format for Q3K {
 /// `2k ..` of `qs[32h ..]`; scale byte `g` = `sc_g | m_g << 4`.
 struct Q2K;
 
-impl Format for Q2K {
+impl K16 for Q2K {
+    const BYTES: usize = 84;
+    const OFFSET: i32 = 0;
+    const MINS: bool = true;
+
     #[inline(always)]
-    unsafe fn dot<M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
-        let header = |b: *const u8| {
-            // SAFETY: `scales` is bytes 0..16, `d` and `dmin` 80..84 of the block.
-            unsafe {
-                let s = _mm_loadu_si128(b.cast());
-                let low = _mm_set1_epi8(0x0F);
-                let (sc, m) = (_mm_and_si128(s, low), _mm_and_si128(_mm_srli_epi16::<4>(s), low));
-                (half8(b.add(80)), half8(b.add(82)), sc, m)
-            }
-        };
-        let quants = |b: *const u8, h: usize| {
-            // SAFETY: `qs` is bytes 16..80 of the block.
-            unsafe {
-                let qs = load(b.add(16 + 32 * h));
-                std::array::from_fn(|k| crumb(qs, k))
-            }
-        };
-        // SAFETY: forwarded.
-        unsafe { dot_k16::<M, 84, 0, true>(row, acts, header, quants) }
+    unsafe fn header(b: *const u8) -> (__m256, __m256, __m128i, __m128i) {
+        // SAFETY: `scales` is bytes 0..16, `d` and `dmin` 80..84 of the block.
+        unsafe {
+            let s = _mm_loadu_si128(b.cast());
+            let low = _mm_set1_epi8(0x0F);
+            let (sc, m) = (_mm_and_si128(s, low), _mm_and_si128(_mm_srli_epi16::<4>(s), low));
+            (half8(b.add(80)), half8(b.add(82)), sc, m)
+        }
     }
+
+    #[inline(always)]
+    unsafe fn quants(b: *const u8, h: usize) -> [__m256i; 4] {
+        // SAFETY: `qs` is bytes 16..80 of the block.
+        let qs = unsafe { load(b.add(16 + 32 * h)) };
+        [crumb(qs, 0), crumb(qs, 1), crumb(qs, 2), crumb(qs, 3)]
+    }
+}
+
+/// Every [`K4`] and [`K16`] format is a [`Format`].
+macro_rules! formats {
+    ($($format:ident => $dot:ident,)*) => {$(
+        impl Format for $format {
+            #[inline(always)]
+            unsafe fn dot<M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
+                // SAFETY: forwarded.
+                unsafe { $dot::<$format, M>(row, acts) }
+            }
+        }
+    )*};
+}
+
+formats! {
+    Q4K => dot_k4,
+    Q5K => dot_k4,
+    Q6K => dot_k16,
+    Q3K => dot_k16,
+    Q2K => dot_k16,
 }
 
 // ---------------------------------------------------------------------------------------------
