@@ -114,7 +114,7 @@ impl ModelConfig {
         };
         let vocab_size = match opt_uint("vocab_size")? {
             Some(v) => v as usize,
-            None => g.get_str_array("tokenizer.ggml.tokens").map(|t| t.len()).unwrap_or(0),
+            None => g.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
         let rope_scaling = match g.opt(&key("rope.scaling.type"), |v| v.as_str().map(str::to_string), "a string")? {
             Some(t) if t == "linear" => {

@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn holds_back_possible_stop_prefixes() {
         let stops = vec!["</end>".to_string(), "\n\n".to_string()];
-        assert_eq!(held_back("hello </e", &stops), 4);
+        assert_eq!(held_back("hello </e", &stops), 3);
         assert_eq!(held_back("hello\n", &stops), 1);
         assert_eq!(held_back("hello", &stops), 0);
         assert_eq!(held_back("", &stops), 0);

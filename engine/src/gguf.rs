@@ -432,7 +432,9 @@ impl<'a> Reader<'a> {
                     t => return Err(self.err(format!("metadata `{key}`: unknown array element type {t}"))),
                 };
                 let n = self.count(&format!("length of array `{key}`"), min)?;
-                let mut values = Vec::with_capacity(n);
+                // Grown as elements are read: a length that only the end of the file disproves
+                // must not reserve memory up front.
+                let mut values = Vec::with_capacity(n.min(1 << 16));
                 for _ in 0..n {
                     values.push(self.value(elem_type, key, depth + 1)?);
                 }

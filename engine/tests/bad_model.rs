@@ -336,7 +336,6 @@ fn absurd_sizes_are_rejected_before_allocating() {
 /// Without `llama.vocab_size`, the vocabulary size comes from `tokenizer.ggml.tokens`; when that
 /// is missing too, the message should say so.
 #[test]
-#[ignore = "known issue: config.rs turns a missing tokenizer.ggml.tokens into `vocab_size: 0 is out of range`"]
 fn missing_vocabulary_is_named() {
     let mut t = Tiny::new(TINY, 1);
     t.remove("tokenizer.ggml.tokens");
@@ -346,7 +345,6 @@ fn missing_vocabulary_is_named() {
 /// A file claiming the most layers the config check lets through, but holding two, fails on
 /// the first missing tensor without first reserving room for a million layers.
 #[test]
-#[ignore = "known bug: Model::load reserves Vec::with_capacity(block_count) layers (~700 MB for 2^20) before checking any tensor"]
 fn many_claimed_layers_fail_on_the_first_missing_one() {
     let mut t = Tiny::new(TINY, 1);
     t.set("llama.block_count", MetaValue::U32(1 << 20));

@@ -8,8 +8,8 @@
 mod attention;
 mod rope;
 
-use ember_kernels::cpu::{matmul, ops};
-use rayon::prelude::*;
+use ember_kernels::cpu::{matmul_group, needs_q8, ops, Input, Product};
+use ember_kernels::quant::q8::{quantize_q8_rows, Q8Acts};
 
 use crate::config::{Activation, ModelConfig};
 use crate::error::{EngineError, Result};
@@ -65,7 +65,7 @@ impl Model {
         let bias = |name: &str, n: usize| -> Result<Option<Vec<f32>>> {
             if c.qkv_bias || w.tensors.contains_key(name) { vec(name, n).map(Some) } else { Ok(None) }
         };
-        let mut layers = Vec::with_capacity(c.n_layers);
+        let mut layers = Vec::new(); // not sized from the header: tensors are checked one by one
         for i in 0..c.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}");
             layers.push(Layer {
@@ -108,83 +108,106 @@ impl Model {
     }
 
     /// Runs `tokens` at the positions after those already in `cache`, appending their keys and
-    /// values, and returns the logits asked for.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, want: Logits) -> Result<Vec<f32>> {
+    /// values, and returns the logits asked for (borrowed from the cache's scratch space, so a
+    /// decode step allocates nothing once the buffers have grown).
+    pub fn forward<'c>(&self, tokens: &[u32], cache: &'c mut KvCache, want: Logits) -> Result<&'c [f32]> {
         if tokens.is_empty() {
             return Err(EngineError::Param { name: "tokens", problem: "forward needs at least one token".into() });
         }
         cache.check_room(tokens.len())?;
-        let eps = self.config.rms_eps;
-        let mut x = self.embed(tokens)?; // (n, dim)
-        for (l, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm_rows(&x, &layer.attn_norm, eps);
-            let a = self.attention(l, layer, &h, tokens.len(), cache)?;
-            ops::add_assign(&mut x, &a);
-            let h = rms_norm_rows(&x, &layer.ffn_norm, eps);
-            let f = self.ffn(layer, &h, tokens.len())?;
-            ops::add_assign(&mut x, &f);
-        }
-        cache.advance(tokens.len());
-        self.logits(&x, tokens.len(), want)
+        let n = tokens.len();
+        let mut s = std::mem::take(&mut cache.scratch);
+        s.resize(&self.config, n);
+        let result = self.forward_layers(tokens, cache, &mut s).and_then(|()| self.logits(&mut s, n, want));
+        cache.scratch = s;
+        result?;
+        cache.advance(n);
+        Ok(&cache.scratch.logits)
     }
 
-    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+    fn forward_layers(&self, tokens: &[u32], cache: &mut KvCache, s: &mut Scratch) -> Result<()> {
+        let eps = self.config.rms_eps;
+        self.embed(tokens, &mut s.x)?; // (n, dim)
+        for (l, layer) in self.layers.iter().enumerate() {
+            rms_norm_rows(&s.x, &layer.attn_norm, eps, &mut s.h);
+            self.attention(l, layer, tokens.len(), cache, s)?; // s.h -> s.attn_out
+            ops::add_assign(&mut s.x, &s.attn_out);
+            rms_norm_rows(&s.x, &layer.ffn_norm, eps, &mut s.h);
+            self.ffn(layer, tokens.len(), s)?; // s.h -> s.ffn_out
+            ops::add_assign(&mut s.x, &s.ffn_out);
+        }
+        Ok(())
+    }
+
+    fn embed(&self, tokens: &[u32], x: &mut [f32]) -> Result<()> {
         let (dim, vocab) = (self.config.dim, self.config.vocab_size);
         let table = self.embed.mat();
-        let mut x = vec![0.0f32; tokens.len() * dim];
         for (t, row) in tokens.iter().zip(x.chunks_mut(dim)) {
             if *t as usize >= vocab {
                 return Err(EngineError::Param { name: "tokens", problem: format!("token id {t} is outside the vocabulary of {vocab}") });
             }
             ember_kernels::quant::dequantize_row(table.dtype, table.row(*t as usize), row)?;
         }
-        Ok(x)
+        Ok(())
     }
 
-    fn attention(&self, l: usize, layer: &Layer, h: &[f32], n: usize, cache: &mut KvCache) -> Result<Vec<f32>> {
+    fn attention(&self, l: usize, layer: &Layer, n: usize, cache: &mut KvCache, s: &mut Scratch) -> Result<()> {
         let c = &self.config;
         let hd = c.head_dim;
-        let mut q = linear(&layer.wq, h, n, layer.bq.as_deref())?; // (n, n_heads*hd)
-        let mut k = linear(&layer.wk, h, n, layer.bk.as_deref())?; // (n, n_kv_heads*hd)
-        let v = linear(&layer.wv, h, n, layer.bv.as_deref())?; // (n, n_kv_heads*hd)
-        let start = cache.len();
-        let (cos, sin) = self.rope.tables(start, n);
-        let half = self.rope.half_dim();
-        for (heads, per_pos) in [(&mut q, c.n_heads), (&mut k, c.n_kv_heads)] {
-            heads.par_chunks_mut(hd).enumerate().for_each(|(i, head)| {
-                let p = i / per_pos;
-                ops::rope(head, &cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half], self.rope.interleaved);
-            });
+        let mut group = [
+            Product { w: layer.wq.mat(), out: &mut s.q }, // (n, n_heads*hd)
+            Product { w: layer.wk.mat(), out: &mut s.k }, // (n, n_kv_heads*hd)
+            Product { w: layer.wv.mat(), out: &mut s.v }, // (n, n_kv_heads*hd)
+        ];
+        run_group(&mut group, &s.h, n, &mut s.h_q8)?;
+        for (buf, b) in [(&mut s.q, &layer.bq), (&mut s.k, &layer.bk), (&mut s.v, &layer.bv)] {
+            if let Some(b) = b {
+                buf.chunks_mut(b.len()).for_each(|row| ops::add_assign(row, b));
+            }
         }
-        cache.append(l, &k, &v);
+        let start = cache.len();
+        self.rope.tables(start, n, &mut s.cos, &mut s.sin);
+        let half = self.rope.half_dim();
+        for (heads, per_pos) in [(&mut s.q, c.n_heads), (&mut s.k, c.n_kv_heads)] {
+            for (i, head) in heads.chunks_mut(hd).enumerate() {
+                let p = i / per_pos;
+                ops::rope(head, &s.cos[p * half..(p + 1) * half], &s.sin[p * half..(p + 1) * half], self.rope.interleaved);
+            }
+        }
+        cache.append(l, &s.k, &s.v);
         let (kc, vc) = cache.layer(l);
         let shape = AttnShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd, start };
-        let o = attention(&shape, &q, kc, vc);
-        linear(&layer.wo, &o, n, None)
+        attention(&shape, &s.q, kc, vc, &mut s.attn);
+        run_group(&mut [Product { w: layer.wo.mat(), out: &mut s.attn_out }], &s.attn, n, &mut s.attn_q8)
     }
 
-    fn ffn(&self, layer: &Layer, h: &[f32], n: usize) -> Result<Vec<f32>> {
-        let mut gate = linear(&layer.w_gate, h, n, None)?; // (n, ffn_dim)
-        let up = linear(&layer.w_up, h, n, None)?; // (n, ffn_dim)
+    fn ffn(&self, layer: &Layer, n: usize, s: &mut Scratch) -> Result<()> {
+        let mut group = [
+            Product { w: layer.w_gate.mat(), out: &mut s.gate }, // (n, ffn_dim)
+            Product { w: layer.w_up.mat(), out: &mut s.up },     // (n, ffn_dim)
+        ];
+        run_group(&mut group, &s.h, n, &mut s.h_q8)?;
         let act = self.config.activation;
-        gate.par_iter_mut().zip(up.par_iter()).for_each(|(g, u)| {
+        for (g, u) in s.gate.iter_mut().zip(&s.up) {
             *g = match act {
                 Activation::Silu => ops::silu(*g),
                 Activation::Relu => g.max(0.0),
                 Activation::Gelu => ops::gelu(*g),
             } * u
-        });
-        linear(&layer.w_down, &gate, n, None)
+        }
+        run_group(&mut [Product { w: layer.w_down.mat(), out: &mut s.ffn_out }], &s.gate, n, &mut s.gate_q8)
     }
 
-    fn logits(&self, x: &[f32], n: usize, want: Logits) -> Result<Vec<f32>> {
+    fn logits(&self, s: &mut Scratch, n: usize, want: Logits) -> Result<()> {
         let dim = self.config.dim;
         let rows = match want {
-            Logits::Last => &x[(n - 1) * dim..],
-            Logits::All => x,
+            Logits::Last => n - 1..n,
+            Logits::All => 0..n,
         };
-        let h = rms_norm_rows(rows, &self.output_norm, self.config.rms_eps);
-        linear(&self.output, &h, h.len() / dim, None)
+        rms_norm_rows(&s.x[rows.start * dim..rows.end * dim], &self.output_norm, self.config.rms_eps, &mut s.h);
+        let m = rows.len();
+        s.logits.resize(m * self.config.vocab_size, 0.0);
+        run_group(&mut [Product { w: self.output.mat(), out: &mut s.logits }], &s.h[..m * dim], m, &mut s.h_q8)
     }
 
     /// Bytes of weights the forward pass reads per token (each matrix once; a tied embedding
@@ -195,23 +218,61 @@ impl Model {
     }
 }
 
-/// `x · Wᵀ + b` for `n` rows of `x`.
-fn linear(w: &Weight, x: &[f32], n: usize, bias: Option<&[f32]>) -> Result<Vec<f32>> {
-    let m = w.mat();
-    let mut out = vec![0.0f32; n * m.rows];
-    matmul(m, x, n, &mut out)?;
-    if let Some(b) = bias {
-        for row in out.chunks_mut(m.rows) {
-            ops::add_assign(row, b);
-        }
+/// Runs a group of products that share the input `x` (`(n, cols)`), quantizing it to 8 bits
+/// into `q8` first when one of them uses integer dots.
+fn run_group(group: &mut [Product<'_>], x: &[f32], n: usize, q8: &mut Q8Acts) -> Result<()> {
+    let quantize = group.iter().any(|p| needs_q8(&p.w));
+    if quantize {
+        quantize_q8_rows(x, q8);
     }
-    Ok(out)
+    matmul_group(group, Input { x, q8: quantize.then_some(&*q8), n_tokens: n })?;
+    Ok(())
 }
 
-fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
-    let mut h = x.to_vec();
-    for row in h.chunks_mut(weight.len()) {
+fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) {
+    out.clear();
+    out.extend_from_slice(x);
+    for row in out.chunks_mut(weight.len()) {
         ops::rms_norm(row, weight, eps);
     }
-    h
+}
+
+/// Buffers of one forward call, kept between calls so decoding allocates nothing.
+#[derive(Default)]
+pub struct Scratch {
+    x: Vec<f32>,        // (n, dim) residual stream
+    h: Vec<f32>,        // (n, dim) normed
+    h_q8: Q8Acts,       // h quantized to 8 bits
+    q: Vec<f32>,        // (n, n_heads*head_dim)
+    k: Vec<f32>,        // (n, n_kv_heads*head_dim)
+    v: Vec<f32>,        // (n, n_kv_heads*head_dim)
+    cos: Vec<f32>,      // (n, head_dim/2)
+    sin: Vec<f32>,      // (n, head_dim/2)
+    attn: Vec<f32>,     // (n, n_heads*head_dim)
+    attn_q8: Q8Acts,
+    attn_out: Vec<f32>, // (n, dim)
+    gate: Vec<f32>,     // (n, ffn_dim), then act(gate) * up
+    gate_q8: Q8Acts,
+    up: Vec<f32>,       // (n, ffn_dim)
+    ffn_out: Vec<f32>,  // (n, dim)
+    logits: Vec<f32>,   // (n or 1, vocab)
+}
+
+impl Scratch {
+    fn resize(&mut self, c: &ModelConfig, n: usize) {
+        let (q_dim, kv_dim) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        for (buf, width) in [
+            (&mut self.x, c.dim),
+            (&mut self.q, q_dim),
+            (&mut self.k, kv_dim),
+            (&mut self.v, kv_dim),
+            (&mut self.attn, q_dim),
+            (&mut self.attn_out, c.dim),
+            (&mut self.gate, c.ffn_dim),
+            (&mut self.up, c.ffn_dim),
+            (&mut self.ffn_out, c.dim),
+        ] {
+            buf.resize(n * width, 0.0);
+        }
+    }
 }

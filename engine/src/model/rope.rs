@@ -45,11 +45,10 @@ impl Rope {
         Rope { inv_freq, position_scale, interleaved: cfg.rope_style == crate::config::RopeStyle::Interleaved }
     }
 
-    /// cos and sin tables for positions `start..start + n`, each `(n, head_dim / 2)`.
-    pub fn tables(&self, start: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
-        let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
+    /// Fills cos and sin tables for positions `start..start + n`, each `(n, head_dim / 2)`.
+    pub fn tables(&self, start: usize, n: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+        cos.clear();
+        sin.clear();
         for p in start..start + n {
             let pos = p as f32 * self.position_scale;
             for f in &self.inv_freq {
@@ -58,7 +57,6 @@ impl Rope {
                 sin.push(a.sin());
             }
         }
-        (cos, sin)
     }
 
     pub fn half_dim(&self) -> usize {

@@ -1,62 +1,139 @@
-//! Matrix-vector and matrix-matrix products over quantized weights, `out = x · Wᵀ` as in
-//! PyTorch's `Linear` (W is `(rows, cols)`, x is `(n_tokens, cols)`).
+//! Matrix products over quantized weights, `out = x · Wᵀ` as in PyTorch's `Linear` (W is
+//! `(rows, cols)`, x is `(n_tokens, cols)`, out is `(n_tokens, rows)`).
 //!
-//! One token: each row is dotted with the activation straight from its blocks (no dequantized
-//! copy). Several tokens (prefill): each row is dequantized once into a per-task f32 buffer and
-//! reused for every token, so the block decoding cost is paid once per matrix, not per token.
+//! Several products that read the same input (Q, K and V; gate and up) run as one parallel
+//! region: their rows are cut into tasks of similar size and spread over the thread pool, so a
+//! decode step pays one fork-join per group instead of one per matrix. Each weight row is read
+//! once per call and dotted with every token's activation while it sits in L1:
+//! - formats with an integer dot (`RowKernels::dot_q8`) read the input quantized once to 8 bits
+//!   (as ggml's `vec_dot_*_q8_*`);
+//! - the others dot f32 activations (one token) or dequantize the row once and reuse it (many).
 
 use rayon::prelude::*;
 
+use crate::quant::q8::{Q8Acts, Q8_BLOCK};
 use crate::quant::RowKernels;
 use crate::{KernelError, MatRef, Result};
 
-/// Rows per parallel task: enough work to amortise scheduling, enough tasks to balance 2+ cores.
-const ROWS_PER_TASK: usize = 32;
-
-/// `out[r] = W[r] · x` for every row.
-pub fn matvec(w: MatRef<'_>, x: &[f32], out: &mut [f32]) -> Result<()> {
-    check(&w, x.len(), out.len(), 1, "matvec")?;
-    let k = RowKernels::for_dtype(w.dtype);
-    out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, chunk)| {
-        for (i, o) in chunk.iter_mut().enumerate() {
-            *o = (k.dot)(w.row(c * ROWS_PER_TASK + i), x);
-        }
-    });
-    Ok(())
+/// One product of a group: `out` is `(n_tokens, w.rows)`.
+pub struct Product<'a> {
+    pub w: MatRef<'a>,
+    pub out: &'a mut [f32],
 }
 
-/// `out[t][r] = W[r] · x[t]` for `n_tokens` activation rows; `x` is `(n_tokens, cols)`, `out` is
-/// `(n_tokens, rows)`.
+/// The input of a group: `x` is `(n_tokens, cols)`; `q8` its 8-bit quantization when any
+/// product of the group has an integer dot (see [`needs_q8`]).
+#[derive(Clone, Copy)]
+pub struct Input<'a> {
+    pub x: &'a [f32],
+    pub q8: Option<&'a Q8Acts>,
+    pub n_tokens: usize,
+}
+
+/// Whether a product with this weight reads the input quantized to 8 bits.
+pub fn needs_q8(w: &MatRef<'_>) -> bool {
+    w.cols % Q8_BLOCK == 0 && RowKernels::dot_q8(w.dtype).is_some()
+}
+
+/// `out = x · Wᵀ` for one weight.
 pub fn matmul(w: MatRef<'_>, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
-    if n_tokens == 1 {
-        return matvec(w, x, out);
+    let mut q8 = Q8Acts::default();
+    if needs_q8(&w) && x.len() == n_tokens * w.cols {
+        crate::quant::q8::quantize_q8_rows(x, &mut q8);
     }
-    check(&w, x.len(), out.len(), n_tokens, "matmul")?;
-    let k = RowKernels::for_dtype(w.dtype);
-    let cols = w.cols;
-    // Computed transposed, (rows, n_tokens), so that each task owns a contiguous slice.
-    let mut out_t = vec![0.0f32; w.rows * n_tokens];
-    out_t.par_chunks_mut(ROWS_PER_TASK * n_tokens).enumerate().for_each(|(c, chunk)| {
-        let mut row = vec![0.0f32; cols];
-        for (i, o) in chunk.chunks_mut(n_tokens).enumerate() {
-            (k.dequantize)(w.row(c * ROWS_PER_TASK + i), &mut row);
-            for (t, ot) in o.iter_mut().enumerate() {
-                *ot = dot_f32(&row, &x[t * cols..(t + 1) * cols]);
+    let q8 = needs_q8(&w).then_some(&q8);
+    matmul_group(&mut [Product { w, out }], Input { x, q8, n_tokens })
+}
+
+/// `out = W · x` for one token.
+pub fn matvec(w: MatRef<'_>, x: &[f32], out: &mut [f32]) -> Result<()> {
+    matmul(w, x, 1, out)
+}
+
+/// Runs every product of the group in one parallel region.
+pub fn matmul_group(products: &mut [Product<'_>], input: Input<'_>) -> Result<()> {
+    let n = input.n_tokens;
+    for p in products.iter() {
+        check(&p.w, input.x.len(), p.out.len(), n)?;
+        if let Some(q) = input.q8 {
+            if needs_q8(&p.w) && q.len() != n * p.w.cols {
+                return Err(KernelError::Shape {
+                    op: "matmul_group",
+                    expected: format!("8-bit input of {n}x{}", p.w.cols),
+                    got: format!("{} elements", q.len()),
+                });
             }
         }
-    });
-    for r in 0..w.rows {
-        for t in 0..n_tokens {
-            out[t * w.rows + r] = out_t[r * n_tokens + t];
+    }
+    let total_rows: usize = products.iter().map(|p| p.w.rows).sum();
+    let target_tasks = rayon::current_num_threads() * 4;
+    let chunk = total_rows.div_ceil(target_tasks).clamp(4, 512);
+    let mut tasks = Vec::with_capacity(total_rows / chunk + products.len());
+    for (pi, p) in products.iter_mut().enumerate() {
+        let out = OutPtr(p.out.as_mut_ptr());
+        for r0 in (0..p.w.rows).step_by(chunk) {
+            tasks.push(Task { product: pi, w: p.w, out, rows: r0..(r0 + chunk).min(p.w.rows) });
         }
     }
+    tasks.par_iter().for_each_init(Vec::new, |row_f32, task| {
+        // SAFETY: tasks cover disjoint row ranges of their product, and every write below goes
+        // to `out[t * rows + r]` for a row `r` of this task only; `out` outlives the region.
+        unsafe { run_task(task, input, row_f32) }
+    });
     Ok(())
 }
 
-fn check(w: &MatRef<'_>, x_len: usize, out_len: usize, n_tokens: usize, op: &'static str) -> Result<()> {
+struct Task<'a> {
+    #[allow(dead_code)]
+    product: usize,
+    w: MatRef<'a>,
+    out: OutPtr,
+    rows: std::ops::Range<usize>,
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the pointer is only written through at indices owned by one task (see matmul_group).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// # Safety
+/// `task.out` must point to `(n_tokens, task.w.rows)` floats that no other task writes at the
+/// rows of `task.rows`.
+unsafe fn run_task(task: &Task<'_>, input: Input<'_>, row_f32: &mut Vec<f32>) {
+    let (w, n, cols) = (task.w, input.n_tokens, task.w.cols);
+    let out = |t: usize, r: usize| task.out.0.add(t * w.rows + r);
+    let kernels = RowKernels::for_dtype(w.dtype);
+    match (input.q8.filter(|_| needs_q8(&w)), RowKernels::dot_q8(w.dtype)) {
+        (Some(q8), Some(dot_q8)) => {
+            for r in task.rows.clone() {
+                let row = w.row(r);
+                for t in 0..n {
+                    *out(t, r) = dot_q8(row, q8.row(t, cols));
+                }
+            }
+        }
+        _ if n == 1 => {
+            for r in task.rows.clone() {
+                *out(0, r) = (kernels.dot)(w.row(r), input.x);
+            }
+        }
+        _ => {
+            row_f32.resize(cols, 0.0);
+            for r in task.rows.clone() {
+                (kernels.dequantize)(w.row(r), row_f32);
+                for t in 0..n {
+                    *out(t, r) = dot_f32(row_f32, &input.x[t * cols..(t + 1) * cols]);
+                }
+            }
+        }
+    }
+}
+
+fn check(w: &MatRef<'_>, x_len: usize, out_len: usize, n_tokens: usize) -> Result<()> {
     if x_len != n_tokens * w.cols || out_len != n_tokens * w.rows {
         return Err(KernelError::Shape {
-            op,
+            op: "matmul",
             expected: format!("x {}x{}, out {}x{}", n_tokens, w.cols, n_tokens, w.rows),
             got: format!("x {x_len} elements, out {out_len} elements"),
         });

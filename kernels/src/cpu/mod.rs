@@ -4,4 +4,4 @@
 pub mod matmul;
 pub mod ops;
 
-pub use matmul::{matmul, matvec};
+pub use matmul::{matmul, matmul_group, matvec, needs_q8, Input, Product};
