@@ -90,16 +90,14 @@ fn whole_superblocks(block_bytes: usize, bytes: &[u8], acts: Q8Ref<'_>) -> usize
 }
 
 /// Q4_K/Q5_K's eight 6-bit scales and eight 6-bit mins from their 12 packed bytes, as ggml's
-/// AVX2 kernels unpack them (`utmp`, `kmask1..3`): little-endian words 0–1 are the scales,
-/// words 2–3 the mins. Equal to `get_scale_min_k4(j)` for every `j`.
+/// AVX2 kernels unpack them (`utmp`, `kmask1..3`), from the bytes as three little-endian words:
+/// words 0–1 of the result are the scales, words 2–3 the mins. Equal to `get_scale_min_k4(j)` for every `j`.
 #[inline(always)]
-fn k4_scales_mins(s: &[u8]) -> [u32; 4] {
+fn k4_scales_mins(w: [u32; 3]) -> [u32; 4] {
     const KMASK1: u32 = 0x3f3f_3f3f;
     const KMASK2: u32 = 0x0f0f_0f0f;
     const KMASK3: u32 = 0x0303_0303;
-    let s = &s[..12];
-    let w = |k: usize| u32::from_le_bytes([s[4 * k], s[4 * k + 1], s[4 * k + 2], s[4 * k + 3]]);
-    let (w0, w1, w2) = (w(0), w(1), w(2));
+    let [w0, w1, w2] = w;
     [
         w0 & KMASK1,
         (w2 & KMASK2) | (((w0 >> 6) & KMASK3) << 4),
@@ -123,6 +121,13 @@ fn q3_k_scales(s: &[u8]) -> [u32; 4] {
         ((w0 >> 4) & KMASK2) | (((w2 >> 4) & KMASK1) << 4),
         ((w1 >> 4) & KMASK2) | (((w2 >> 6) & KMASK1) << 4),
     ]
+}
+
+/// Twelve bytes as three little-endian words.
+#[inline(always)]
+fn words3(s: &[u8]) -> [u32; 3] {
+    let s = &s[..12];
+    std::array::from_fn(|k| u32::from_le_bytes([s[4 * k], s[4 * k + 1], s[4 * k + 2], s[4 * k + 3]]))
 }
 
 /// The bytes of four little-endian words.
@@ -176,7 +181,7 @@ fn dot_q4_k(row: &[u8], acts: Q8Ref<'_>) -> f32 {
         let b = &row[BYTES * i..][..BYTES];
         let a = acts_at(acts, i);
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-        let sm = bytes16(k4_scales_mins(&b[4..16]));
+        let sm = bytes16(k4_scales_mins(words3(&b[4..16])));
         for c in 0..CHUNKS {
             let q = &b[16 + 32 * (c / 2)..][..32];
             let shift = 4 * (c % 2);
@@ -197,7 +202,7 @@ fn dot_q5_k(row: &[u8], acts: Q8Ref<'_>) -> f32 {
         let b = &row[BYTES * i..][..BYTES];
         let a = acts_at(acts, i);
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-        let sm = bytes16(k4_scales_mins(&b[4..16]));
+        let sm = bytes16(k4_scales_mins(words3(&b[4..16])));
         let qh = &b[16..48];
         for c in 0..CHUNKS {
             let q = &b[48 + 32 * (c / 2)..][..32];

@@ -11,12 +11,17 @@
 //! A super-block is decoded into eight vectors of 32 unsigned quants, one per chunk (activation
 //! block). Four chunks' byte dots are folded by a transpose-add tree ([`Madd::dot4`]) into one
 //! vector whose lane `j` / `j + 4` holds the sum over the first / last 16 elements of chunk `j`,
-//! i.e. one lane per group of 16. The per-16 formats (Q6_K, Q3_K, Q2_K) take that vector as it
-//! is: the offsets `o·S_g` are subtracted in the integer domain, and one int→float conversion and
-//! one FMA against `sc_g·d_a·d` (scales shuffled to the same lane order once per super-block)
-//! finish four chunks. Q4_K/Q5_K add the two halves into eight chunk sums, so the whole
-//! super-block costs one conversion and one FMA; their minimums take one `vpmaddwd` of `sum16`
-//! and a second FMA.
+//! i.e. one lane per group of 16. The per-16 formats (Q6_K, Q3_K, Q2_K) multiply those lanes by
+//! their scales in the integer domain (`vpmulld`, scales shuffled to the same lane order); then
+//! the two halves of both vectors are added into eight chunk sums, from which the offsets
+//! `o·(sc_2c·S_2c + sc_2c+1·S_2c+1)` (one `vpmaddwd` of `sum16`) are subtracted, still exactly.
+//! Q4_K/Q5_K add the halves directly and apply their per-chunk scales in f32. Either way a whole
+//! super-block costs one int→float conversion and one FMA against `d·d_a,c` (plus one of each
+//! for the minimums of Q4_K, Q5_K and Q2_K, whose `dmin·m·S` also comes from `sum16`).
+//!
+//! Each format's extra work was timed on the development machine (AVX2 only, in-cache rows):
+//! unpacking Q4_K's scales with vector shuffles rather than scalar shifts, and the integer
+//! scaling of the per-16 formats, each gained 6–14 %.
 //!
 //! 512-bit versions are not written: the machine this was developed on exposes no AVX-512 (nor
 //! AVX-VNNI) to its guest, so they could be neither timed nor run there. The `vpdpbusd` copies
@@ -248,37 +253,12 @@ unsafe fn load_acts(y: *const i8) -> [__m256i; 8] {
     }
 }
 
-/// Scales (or sums) of 16 groups in lane order of [`Madd::dot4`]: byte indices
+/// The scales of 16 groups in the lane order of [`Madd::dot4`]: byte indices
 /// `[0 2 4 6 1 3 5 7 8 10 12 14 9 11 13 15]`, so that half `h` of the result, widened to eight
 /// lanes, matches the `dot4` of chunks `4h .. 4h + 4`.
 #[inline(always)]
 unsafe fn group_order_epi8(v: __m128i) -> __m128i {
     _mm_shuffle_epi8(v, _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15))
-}
-
-/// Eight signed bytes (the low or high half of `v`) as f32.
-#[inline(always)]
-unsafe fn i8_to_ps<const HIGH: bool>(v: __m128i) -> __m256 {
-    let v = if HIGH { _mm_unpackhi_epi64(v, v) } else { v };
-    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
-}
-
-/// The eight group sums `S_g` of chunks `4h .. 4h + 4` (`sum16[8h ..]` at `s`), as i32 in
-/// [`Madd::dot4`] lane order.
-#[inline(always)]
-unsafe fn group_sums(s: *const i16) -> __m256i {
-    // SAFETY: the caller guarantees 8 readable i16 at `s`.
-    let v = unsafe { _mm_loadu_si128(s.cast()) };
-    let order = _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
-    _mm256_cvtepi16_epi32(_mm_shuffle_epi8(v, order))
-}
-
-/// The activation scales of chunks `4h .. 4h + 4` (at `d`), twice: `[d0 d1 d2 d3 d0 d1 d2 d3]`,
-/// the [`Madd::dot4`] lane order.
-#[inline(always)]
-unsafe fn chunk_scales4(d: *const f32) -> __m256 {
-    // SAFETY: the caller guarantees 4 readable f32 at `d`.
-    unsafe { _mm256_broadcast_ps(&*(d.cast::<__m128>())) }
 }
 
 /// Bit `c` of every byte of `v`, moved to bit `to` (0..8) and isolated.
@@ -348,6 +328,10 @@ trait Format {
 /// `dmin` at bytes 0 and 2: `Σ_c d_a,c·(d·sc_c·Σ q y − dmin·m_c·(S_2c + S_2c+1))`.
 trait K4 {
     const BYTES: usize;
+    /// Unpack the scales and minimums with vector shuffles (`k4_scales_mins_x86`) rather than
+    /// scalar shifts (`k4_scales_mins`): faster where the quants leave the vector ports room
+    /// (Q4_K: +10 %), slower where they do not (Q5_K: −8 %).
+    const VECTOR_HEADER: bool;
     /// The eight chunks' quants of the super-block at `b`.
     ///
     /// # Safety
@@ -363,17 +347,23 @@ trait K4 {
 unsafe fn dot_k4<F: K4, M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
     let nb = whole_superblocks(F::BYTES, row, acts);
     let mut acc = _mm256_setzero_ps();
-    let mut acc_min = _mm256_setzero_ps();
     for i in 0..nb {
         // SAFETY (all reads below): super-block `i < nb` spans row bytes `BYTES·i ..`,
         // activations `256i ..`, `d[8i .. 8i + 8]` and `sum16[16i .. 16i + 16]`, all in bounds by
         // `whole_superblocks`.
         unsafe {
             let b = row.as_ptr().add(F::BYTES * i);
-            let sm = k4_scales_mins(&row[F::BYTES * i + 4..][..12]);
-            let sm = _mm_setr_epi32(sm[0] as i32, sm[1] as i32, sm[2] as i32, sm[3] as i32);
-            let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm));
-            let mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(sm, sm)));
+            let (sc, mins) = if F::VECTOR_HEADER {
+                let sm = k4_scales_mins_x86(_mm_loadu_si128(b.add(4).cast()));
+                (sm, _mm_unpackhi_epi64(sm, sm))
+            } else {
+                let w = |k: usize| b.add(4 + 4 * k).cast::<u32>().read_unaligned();
+                let sm = k4_scales_mins([w(0), w(1), w(2)]);
+                let pair = |lo: u32, hi: u32| _mm_cvtsi64_si128((lo as u64 | (hi as u64) << 32) as i64);
+                (pair(sm[0], sm[1]), pair(sm[2], sm[3]))
+            };
+            let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc));
+            let mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mins));
 
             let q = F::quants(b);
             let y = load_acts(acts.qs.as_ptr().add(QK_K * i));
@@ -386,15 +376,36 @@ unsafe fn dot_k4<F: K4, M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
             );
             let s = _mm256_madd_epi16(load(acts.sum16.as_ptr().add(16 * i).cast()), _mm256_set1_epi16(1));
 
-            let da = _mm256_loadu_ps(acts.d.as_ptr().add(CHUNKS * i));
+            // d·sc_c·Σ q y − dmin·m_c·S_c, times d_a,c.
             let (d, dmin) = (half8(b), half8(b.add(2)));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(chunks), _mm256_mul_ps(sc, _mm256_mul_ps(da, d)), acc);
-            let min_scale = _mm256_mul_ps(mins, _mm256_mul_ps(da, dmin));
-            acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), min_scale, acc_min);
+            let v = _mm256_mul_ps(_mm256_cvtepi32_ps(chunks), _mm256_mul_ps(sc, d));
+            let v = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(mins, dmin), v);
+            acc = _mm256_fmadd_ps(v, _mm256_loadu_ps(acts.d.as_ptr().add(CHUNKS * i)), acc);
         }
     }
     // SAFETY: AVX is present (the caller's contract).
-    unsafe { hsum_ps(_mm256_sub_ps(acc, acc_min)) }
+    unsafe { hsum_ps(acc) }
+}
+
+/// `k4_scales_mins` in vector registers: the 12 packed bytes (the low 12 of `s`) → the eight
+/// scales in bytes 0..8 and the eight minimums in bytes 8..16.
+#[inline(always)]
+unsafe fn k4_scales_mins_x86(s: __m128i) -> __m128i {
+    // Bytes [s0..s3, s8..s11, s4..s7, s8..s11]: the low 6 bits of s0..s7 are scales/mins 0..4,
+    // the nibbles of s8..s11 the low 4 bits of scales/mins 4..8.
+    let t = _mm_shuffle_epi8(s, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+    let low = _mm_and_si128(
+        t,
+        _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0),
+    );
+    let high_nibbles = _mm_and_si128(
+        _mm_srli_epi16::<4>(t),
+        _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15),
+    );
+    // The top 2 bits of s0..s3 (s4..s7) are bits 4..6 of scales (mins) 4..8.
+    let top = _mm_shuffle_epi8(s, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+    let top = _mm_and_si128(_mm_srli_epi16::<2>(top), _mm_set1_epi8(0x30));
+    _mm_or_si128(_mm_or_si128(low, high_nibbles), top)
 }
 
 /// The low and high nibbles of the four 32-byte vectors at `p`: chunks 0..8 of Q4_K/Q5_K.
@@ -423,6 +434,7 @@ struct Q4K;
 
 impl K4 for Q4K {
     const BYTES: usize = 144;
+    const VECTOR_HEADER: bool = true;
 
     #[inline(always)]
     unsafe fn quants(b: *const u8) -> [__m256i; 8] {
@@ -437,6 +449,7 @@ struct Q5K;
 
 impl K4 for Q5K {
     const BYTES: usize = 176;
+    const VECTOR_HEADER: bool = false;
 
     #[inline(always)]
     unsafe fn quants(b: *const u8) -> [__m256i; 8] {
@@ -490,58 +503,41 @@ unsafe fn dot_k16<F: K16, M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
         unsafe {
             let b = row.as_ptr().add(F::BYTES * i);
             let (d, dmin, scales, mins) = F::header(b);
-            let scales = group_order_epi8(scales);
             let y = load_acts(acts.qs.as_ptr().add(QK_K * i));
-            let s16 = acts.sum16.as_ptr().add(16 * i);
-            let da = acts.d.as_ptr().add(CHUNKS * i);
-            let (t0, f0) = k16_half::<F, M>(b, 0, [y[0], y[1], y[2], y[3]], s16, da, d, i8_to_ps::<false>(scales));
-            acc = _mm256_fmadd_ps(t0, f0, acc);
-            let (t1, f1) = k16_half::<F, M>(b, 1, [y[4], y[5], y[6], y[7]], s16, da, d, i8_to_ps::<true>(scales));
-            acc = _mm256_fmadd_ps(t1, f1, acc);
+            let s16 = load(acts.sum16.as_ptr().add(16 * i).cast());
+
+            // sc_g·Σ q y per group, in `dot4` lane order; ≤ 16·63·127·128 < 2³¹ in magnitude.
+            let sc = group_order_epi8(scales);
+            let t0 = M::dot4(F::quants(b, 0), [y[0], y[1], y[2], y[3]]);
+            let t0 = _mm256_mullo_epi32(t0, _mm256_cvtepi8_epi32(sc));
+            let t1 = M::dot4(F::quants(b, 1), [y[4], y[5], y[6], y[7]]);
+            let t1 = _mm256_mullo_epi32(t1, _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(sc, sc)));
+            // Lanes: [t0 low halves | t1 high halves] + [t0 high halves | t1 low halves].
+            let mut chunks = _mm256_add_epi32(
+                _mm256_blend_epi32::<0xF0>(t0, t1),
+                _mm256_permute2x128_si256::<0x21>(t0, t1),
+            );
+            if F::OFFSET != 0 {
+                // Lane c: sc_2c·S_2c + sc_2c+1·S_2c+1.
+                let s = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scales), s16);
+                let offsets = match F::OFFSET {
+                    32 => _mm256_slli_epi32::<5>(s),
+                    4 => _mm256_slli_epi32::<2>(s),
+                    _ => _mm256_mullo_epi32(s, _mm256_set1_epi32(F::OFFSET)),
+                };
+                chunks = _mm256_sub_epi32(chunks, offsets);
+            }
+            let da = _mm256_loadu_ps(acts.d.as_ptr().add(CHUNKS * i));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(chunks), _mm256_mul_ps(da, d), acc);
             if F::MINS {
-                // Lane c: m_2c·S_2c + m_2c+1·S_2c+1, natural chunk order.
-                let m = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), load(s16.cast()));
-                let min_scale = _mm256_mul_ps(_mm256_loadu_ps(da), dmin);
-                acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), min_scale, acc_min);
+                // Lane c: m_2c·S_2c + m_2c+1·S_2c+1.
+                let m = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mins), s16);
+                acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m), _mm256_mul_ps(da, dmin), acc_min);
             }
         }
     }
     // SAFETY: AVX is present (the caller's contract).
     unsafe { hsum_ps(_mm256_sub_ps(acc, acc_min)) }
-}
-
-/// Half `h` of a [`K16`] super-block at `b`: the eight group dots `Σ q y − OFFSET·S_g` (as f32,
-/// [`Madd::dot4`] lane order) and their factors `sc_g·d_a·d` (`sc` the scales in that order).
-///
-/// # Safety
-/// As [`K16::header`]; `y` the activations of chunks `4h ..`; 8 readable group sums at
-/// `s16 + 8h` and 4 scales at `da + 4h`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn k16_half<F: K16, M: Madd>(
-    b: *const u8,
-    h: usize,
-    y: [__m256i; 4],
-    s16: *const i16,
-    da: *const f32,
-    d: __m256,
-    sc: __m256,
-) -> (__m256, __m256) {
-    // SAFETY: forwarded to the caller.
-    unsafe {
-        let mut t = M::dot4(F::quants(b, h), y);
-        if F::OFFSET != 0 {
-            let s = group_sums(s16.add(8 * h));
-            let offsets = match F::OFFSET {
-                32 => _mm256_slli_epi32::<5>(s),
-                4 => _mm256_slli_epi32::<2>(s),
-                _ => _mm256_mullo_epi32(s, _mm256_set1_epi32(F::OFFSET)),
-            };
-            t = _mm256_sub_epi32(t, offsets);
-        }
-        let dd = _mm256_mul_ps(chunk_scales4(da.add(4 * h)), d);
-        (_mm256_cvtepi32_ps(t), _mm256_mul_ps(sc, dd))
-    }
 }
 
 /// `block_q6_K { ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16 }`. Chunk `4h + k`: low
