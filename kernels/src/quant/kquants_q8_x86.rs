@@ -134,9 +134,10 @@ trait Madd {
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
 
     /// Four chunks folded: lane `j` = `Σ_{i<16} u_j[i]·s_j[i]`, lane `j + 4` the same over
-    /// `16 ≤ i < 32`. Bytes of `u` ≤ 63, of `s` in −128..=127.
+    /// `16 ≤ i < 32`. Bytes of `u` ≤ 63 (≤ 31 when `small`, a constant after inlining), of `s`
+    /// in −128..=127.
     #[inline(always)]
-    unsafe fn dot4(u: [__m256i; 4], s: [__m256i; 4]) -> __m256i {
+    unsafe fn dot4(u: [__m256i; 4], s: [__m256i; 4], _small: bool) -> __m256i {
         // SAFETY: forwarded to the caller.
         unsafe {
             tree([
@@ -159,10 +160,11 @@ impl Madd for Avx2 {
         _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
     }
 
-    /// The first level of the tree on the i16 pair sums, so two `vpmaddwd` serve four chunks: a
-    /// pair is at most 2·63·128 = 16128 in magnitude, two of them 32256 < 32767.
+    /// The tree on the i16 pair sums before widening. A pair is at most 2·63·128 = 16128 in
+    /// magnitude, so two can be added in i16 (32256 < 32767); with `u` ≤ 31 a pair is at most
+    /// 7936 and four can, so one `vpmaddwd` serves four chunks.
     #[inline(always)]
-    unsafe fn dot4(u: [__m256i; 4], s: [__m256i; 4]) -> __m256i {
+    unsafe fn dot4(u: [__m256i; 4], s: [__m256i; 4], small: bool) -> __m256i {
         let m = [
             _mm256_maddubs_epi16(u[0], s[0]),
             _mm256_maddubs_epi16(u[1], s[1]),
@@ -172,8 +174,13 @@ impl Madd for Avx2 {
         let ones = _mm256_set1_epi16(1);
         let m01 = _mm256_add_epi16(_mm256_unpacklo_epi32(m[0], m[1]), _mm256_unpackhi_epi32(m[0], m[1]));
         let m23 = _mm256_add_epi16(_mm256_unpacklo_epi32(m[2], m[3]), _mm256_unpackhi_epi32(m[2], m[3]));
-        let (w01, w23) = (_mm256_madd_epi16(m01, ones), _mm256_madd_epi16(m23, ones));
-        _mm256_add_epi32(_mm256_unpacklo_epi64(w01, w23), _mm256_unpackhi_epi64(w01, w23))
+        if small {
+            let t = _mm256_add_epi16(_mm256_unpacklo_epi64(m01, m23), _mm256_unpackhi_epi64(m01, m23));
+            _mm256_madd_epi16(t, ones)
+        } else {
+            let (w01, w23) = (_mm256_madd_epi16(m01, ones), _mm256_madd_epi16(m23, ones));
+            _mm256_add_epi32(_mm256_unpacklo_epi64(w01, w23), _mm256_unpackhi_epi64(w01, w23))
+        }
     }
 }
 
@@ -367,8 +374,8 @@ unsafe fn dot_k4<F: K4, M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
 
             let q = F::quants(b);
             let y = load_acts(acts.qs.as_ptr().add(QK_K * i));
-            let t0 = M::dot4([q[0], q[1], q[2], q[3]], [y[0], y[1], y[2], y[3]]);
-            let t1 = M::dot4([q[4], q[5], q[6], q[7]], [y[4], y[5], y[6], y[7]]);
+            let t0 = M::dot4([q[0], q[1], q[2], q[3]], [y[0], y[1], y[2], y[3]], true);
+            let t1 = M::dot4([q[4], q[5], q[6], q[7]], [y[4], y[5], y[6], y[7]], true);
             // Lanes: [t0 low halves | t1 high halves] + [t0 high halves | t1 low halves].
             let chunks = _mm256_add_epi32(
                 _mm256_blend_epi32::<0xF0>(t0, t1),
@@ -476,6 +483,8 @@ trait K16 {
     const OFFSET: i32;
     /// Whether the format has minimums (`dmin·m_g`).
     const MINS: bool;
+    /// Whether the quants are ≤ 31 (see [`Madd::dot4`]).
+    const SMALL: bool;
     /// `(d, dmin)` in all lanes (`dmin` zero without minimums), and the sixteen signed scales and
     /// the minimums as bytes in natural group order.
     ///
@@ -508,9 +517,9 @@ unsafe fn dot_k16<F: K16, M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
 
             // sc_g·Σ q y per group, in `dot4` lane order; ≤ 16·63·127·128 < 2³¹ in magnitude.
             let sc = group_order_epi8(scales);
-            let t0 = M::dot4(F::quants(b, 0), [y[0], y[1], y[2], y[3]]);
+            let t0 = M::dot4(F::quants(b, 0), [y[0], y[1], y[2], y[3]], F::SMALL);
             let t0 = _mm256_mullo_epi32(t0, _mm256_cvtepi8_epi32(sc));
-            let t1 = M::dot4(F::quants(b, 1), [y[4], y[5], y[6], y[7]]);
+            let t1 = M::dot4(F::quants(b, 1), [y[4], y[5], y[6], y[7]], F::SMALL);
             let t1 = _mm256_mullo_epi32(t1, _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(sc, sc)));
             // Lanes: [t0 low halves | t1 high halves] + [t0 high halves | t1 low halves].
             let mut chunks = _mm256_add_epi32(
@@ -549,6 +558,7 @@ impl K16 for Q6K {
     const BYTES: usize = 210;
     const OFFSET: i32 = 32;
     const MINS: bool = false;
+    const SMALL: bool = false;
 
     #[inline(always)]
     unsafe fn header(b: *const u8) -> (__m256, __m256, __m128i, __m128i) {
@@ -580,6 +590,7 @@ impl K16 for Q3K {
     const BYTES: usize = 110;
     const OFFSET: i32 = 4;
     const MINS: bool = false;
+    const SMALL: bool = true;
 
     #[inline(always)]
     unsafe fn header(b: *const u8) -> (__m256, __m256, __m128i, __m128i) {
@@ -614,6 +625,7 @@ impl K16 for Q2K {
     const BYTES: usize = 84;
     const OFFSET: i32 = 0;
     const MINS: bool = true;
+    const SMALL: bool = true;
 
     #[inline(always)]
     unsafe fn header(b: *const u8) -> (__m256, __m256, __m128i, __m128i) {
