@@ -364,10 +364,11 @@ unsafe fn dot_k4<F: K4, M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
                 let sm = k4_scales_mins_x86(_mm_loadu_si128(b.add(4).cast()));
                 (sm, _mm_unpackhi_epi64(sm, sm))
             } else {
-                let w = |k: usize| b.add(4 + 4 * k).cast::<u32>().read_unaligned();
-                let sm = k4_scales_mins([w(0), w(1), w(2)]);
-                let pair = |lo: u32, hi: u32| _mm_cvtsi64_si128((lo as u64 | (hi as u64) << 32) as i64);
-                (pair(sm[0], sm[1]), pair(sm[2], sm[3]))
+                let w = b.add(4).cast::<u32>();
+                let sm = k4_scales_mins([w.read_unaligned(), w.add(1).read_unaligned(), w.add(2).read_unaligned()]);
+                let sc = sm[0] as u64 | (sm[1] as u64) << 32;
+                let mins = sm[2] as u64 | (sm[3] as u64) << 32;
+                (_mm_cvtsi64_si128(sc as i64), _mm_cvtsi64_si128(mins as i64))
             };
             let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc));
             let mins = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mins));
@@ -409,7 +410,7 @@ unsafe fn k4_scales_mins_x86(s: __m128i) -> __m128i {
         _mm_srli_epi16::<4>(t),
         _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15),
     );
-    // The top 2 bits of s0..s3 (s4..s7) are bits 4..6 of scales (mins) 4..8.
+    // The top 2 bits of s0..s3 (s4..s7) are bits 4 and 5 of scales (mins) 4..8.
     let top = _mm_shuffle_epi8(s, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
     let top = _mm_and_si128(_mm_srli_epi16::<2>(top), _mm_set1_epi8(0x30));
     _mm_or_si128(_mm_or_si128(low, high_nibbles), top)
