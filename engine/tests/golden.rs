@@ -12,8 +12,14 @@ use ember_engine::sampling::{Penalties, SamplingParams, Strategy};
 use ember_engine::{Engine, EngineOptions};
 use serde_json::Value;
 
-/// Logits may differ from the f32 reference by summation order only.
-const LOGIT_TOL: f32 = 0.05;
+/// Matrix products read activations quantized to 8 bits per block of 32 (as llama.cpp's do), so
+/// logits move by up to about half a unit from the f32 reference (0.54 measured on SmolLM2);
+/// a wrong formula or layout moves them by several units.
+const LOGIT_MAX_TOL: f32 = 0.75;
+/// The mean absolute deviation over every compared logit (0.15–0.2 measured).
+const LOGIT_MEAN_TOL: f32 = 0.3;
+/// Decoding one token at a time and prefilling in one batch run the same arithmetic.
+const BATCH_TOL: f32 = 1e-3;
 /// Perplexity within 0.5% of the reference (llama.cpp lands within 0.15%).
 const PPL_REL_TOL: f64 = 0.005;
 /// Top-1 next-token accuracy within 1 point.
@@ -42,37 +48,44 @@ fn greedy(max_tokens: usize) -> GenerationParams {
     }
 }
 
-/// Compares our logits row with a reference `{logsumexp, top: [[id, logit]…]}` entry.
-fn check_logits(row: &[f32], reference: &Value, what: &str) {
+/// Compares our logits row with a reference `{logsumexp, top: [[id, logit]…]}` entry; returns
+/// the absolute deviations.
+fn logit_deviations(row: &[f32], reference: &Value, what: &str) -> Vec<f32> {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f32>().ln();
-    let ref_lse = reference["logsumexp"].as_f64().unwrap() as f32;
-    assert!((lse - ref_lse).abs() < LOGIT_TOL, "{what}: logsumexp {lse} vs reference {ref_lse}");
+    let mut dev = vec![(lse - reference["logsumexp"].as_f64().unwrap() as f32).abs()];
     for pair in reference["top"].as_array().unwrap() {
         let (id, logit) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
-        assert!((row[id] - logit).abs() < LOGIT_TOL, "{what}: logit of token {id} is {} vs reference {logit}", row[id]);
+        dev.push((row[id] - logit).abs());
     }
+    let worst = dev.iter().copied().fold(0.0, f32::max);
+    assert!(worst < LOGIT_MAX_TOL, "{what}: a logit (or the log-sum-exp) is {worst} away from the reference");
+    dev
 }
 
 fn logits_match_reference(e: &Engine, model: &str) {
     let r = util::reference(model, "logits.json");
     let vocab = e.config().vocab_size;
+    let mut all = Vec::new();
     for (key, positions) in [("prompt0", "all_positions"), ("wikitext_passage", "teacher_forced_positions_0_15")] {
         let ids = util::ids(&r[key]["ids"]);
         let mut cache = e.model.new_cache(e.ctx());
-        let logits = e.model.forward(&ids, &mut cache, Logits::All).unwrap();
+        let prefill = e.model.forward(&ids, &mut cache, Logits::All).unwrap().to_vec();
         for p in r[key][positions].as_array().unwrap() {
             let pos = p["pos"].as_u64().unwrap() as usize;
-            check_logits(&logits[pos * vocab..(pos + 1) * vocab], p, &format!("{key} position {pos}"));
+            all.extend(logit_deviations(&prefill[pos * vocab..(pos + 1) * vocab], p, &format!("{key} position {pos}")));
+        }
+        // Decoding one token at a time over the cache gives the batched prefill's logits.
+        let mut cache = e.model.new_cache(e.ctx());
+        for (pos, id) in ids.iter().enumerate().take(16) {
+            let row = e.model.forward(&[*id], &mut cache, Logits::Last).unwrap();
+            let worst = row.iter().zip(&prefill[pos * vocab..]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(worst < BATCH_TOL, "{key} position {pos}: decode differs from prefill by {worst}");
         }
     }
-    // Decoding one token at a time over the cache gives the same logits as the batched prefill.
-    let ids = util::ids(&r["wikitext_passage"]["ids"]);
-    let mut cache = e.model.new_cache(e.ctx());
-    for (pos, id) in ids.iter().take(16).enumerate() {
-        let row = e.model.forward(&[*id], &mut cache, Logits::Last).unwrap();
-        check_logits(&row, &r["wikitext_passage"]["teacher_forced_positions_0_15"][pos], &format!("decode position {pos}"));
-    }
+    let mean = all.iter().sum::<f32>() / all.len() as f32;
+    eprintln!("{model}: logits within {} of the reference, {mean:.3} on average", all.iter().copied().fold(0.0, f32::max));
+    assert!(mean < LOGIT_MEAN_TOL, "{model}: logits are {mean} away from the reference on average");
 }
 
 fn prompt_ids_and_greedy_continuations_match_reference(e: &Engine, model: &str) {

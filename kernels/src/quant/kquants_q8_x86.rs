@@ -29,59 +29,24 @@
 //! code with an exact AVX2 emulation of `vpdpbusd`.
 
 use super::{k4_scales_mins, q3_k_scales, whole_superblocks, DType, DotQ8, Q8Ref, CHUNKS, QK_K};
-use std::arch::is_x86_feature_detected as has;
 use std::arch::x86_64::*;
-use std::sync::OnceLock;
+use crate::quant::x86_level::{best_level, Level};
 
 // ---------------------------------------------------------------------------------------------
 // Dispatch
 // ---------------------------------------------------------------------------------------------
 
-/// The instruction sets a variant needs, best first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Level {
-    Avx512Vnni,
-    AvxVnni,
-    Avx2,
-}
-
-impl Level {
-    const ALL: [Level; 3] = [Level::Avx512Vnni, Level::AvxVnni, Level::Avx2];
-
-    fn detected(self) -> bool {
-        let avx2 = has!("avx2") && has!("fma") && has!("f16c");
-        avx2 && match self {
-            Level::Avx512Vnni => has!("avx512vnni") && has!("avx512vl"),
-            Level::AvxVnni => has!("avxvnni"),
-            Level::Avx2 => true,
-        }
+/// This family's kernels for an instruction-set level.
+fn kernel(level: Level, dtype: DType) -> Option<DotQ8> {
+    match level {
+        Level::Avx512Vnni => avx512vnni(dtype),
+        Level::AvxVnni => avxvnni(dtype),
+        Level::Avx2 => avx2(dtype),
     }
-
-    fn name(self) -> &'static str {
-        match self {
-            Level::Avx512Vnni => "avx512vnni",
-            Level::AvxVnni => "avxvnni",
-            Level::Avx2 => "avx2",
-        }
-    }
-
-    fn kernel(self, dtype: DType) -> Option<DotQ8> {
-        match self {
-            Level::Avx512Vnni => avx512vnni(dtype),
-            Level::AvxVnni => avxvnni(dtype),
-            Level::Avx2 => avx2(dtype),
-        }
-    }
-}
-
-/// The best level this CPU has, detected once.
-fn best_level() -> Option<Level> {
-    static BEST: OnceLock<Option<Level>> = OnceLock::new();
-    *BEST.get_or_init(|| Level::ALL.into_iter().find(|l| l.detected()))
 }
 
 pub(super) fn best(dtype: DType) -> Option<DotQ8> {
-    best_level()?.kernel(dtype)
+    kernel(best_level()?, dtype)
 }
 
 pub(super) fn variants(dtype: DType) -> Vec<(&'static str, DotQ8)> {
@@ -89,7 +54,7 @@ pub(super) fn variants(dtype: DType) -> Vec<(&'static str, DotQ8)> {
         .into_iter()
         .rev()
         .filter(|l| l.detected())
-        .filter_map(|l| Some((l.name(), l.kernel(dtype)?)))
+        .filter_map(|l| Some((l.name(), kernel(l, dtype)?)))
         .collect()
 }
 
@@ -104,7 +69,7 @@ macro_rules! kernel_set {
                 // here.
                 unsafe { F::dot::<$madd>(row, acts) }
             }
-            // SAFETY (each closure): reachable only through `Level::kernel` (or the tests), called
+            // SAFETY (each closure): reachable only through `kernel` (or the tests), called
             // for levels whose features `Level::detected` confirmed.
             let dot: DotQ8 = match dtype {
                 DType::Q2_K => |r, a| unsafe { dot::<Q2K>(r, a) },
@@ -720,7 +685,7 @@ mod tests {
 
     #[test]
     fn vpdpbusd_path_matches_portable() {
-        if !(has!("avx2") && has!("fma") && has!("f16c")) {
+        if !Level::Avx2.detected() {
             return;
         }
         let mut rng = StdRng::seed_from_u64(1);

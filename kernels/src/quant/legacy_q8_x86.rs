@@ -21,9 +21,8 @@
 //! exposes no AVX-512 to its guest, so they could be neither tested nor timed.
 
 use super::{whole_blocks, DType, DotQ8, Q8Ref, Q8_BLOCK};
-use std::arch::is_x86_feature_detected as has;
 use std::arch::x86_64::*;
-use std::sync::OnceLock;
+use crate::quant::x86_level::{best_level, Level};
 
 /// `[e(0), e(1), e(2), e(3)]` for `four!(|k| e(k))`, written out: a closure (as in
 /// `std::array::from_fn`) does not inherit the `#[target_feature]`s of the kernel it is inlined
@@ -43,51 +42,17 @@ macro_rules! four {
 // Dispatch
 // ---------------------------------------------------------------------------------------------
 
-/// The instruction sets a variant needs, best first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Level {
-    Avx512Vnni,
-    AvxVnni,
-    Avx2,
-}
-
-impl Level {
-    const ALL: [Level; 3] = [Level::Avx512Vnni, Level::AvxVnni, Level::Avx2];
-
-    fn detected(self) -> bool {
-        let avx2 = has!("avx2") && has!("fma") && has!("f16c");
-        avx2 && match self {
-            Level::Avx512Vnni => has!("avx512vnni") && has!("avx512vl"),
-            Level::AvxVnni => has!("avxvnni"),
-            Level::Avx2 => true,
-        }
+/// This family's kernels for an instruction-set level.
+fn kernel(level: Level, dtype: DType) -> Option<DotQ8> {
+    match level {
+        Level::Avx512Vnni => avx512vnni(dtype),
+        Level::AvxVnni => avxvnni(dtype),
+        Level::Avx2 => avx2(dtype),
     }
-
-    fn name(self) -> &'static str {
-        match self {
-            Level::Avx512Vnni => "avx512vnni",
-            Level::AvxVnni => "avxvnni",
-            Level::Avx2 => "avx2",
-        }
-    }
-
-    fn kernel(self, dtype: DType) -> Option<DotQ8> {
-        match self {
-            Level::Avx512Vnni => avx512vnni(dtype),
-            Level::AvxVnni => avxvnni(dtype),
-            Level::Avx2 => avx2(dtype),
-        }
-    }
-}
-
-/// The best level this CPU has, detected once.
-fn best_level() -> Option<Level> {
-    static BEST: OnceLock<Option<Level>> = OnceLock::new();
-    *BEST.get_or_init(|| Level::ALL.into_iter().find(|l| l.detected()))
 }
 
 pub(super) fn best(dtype: DType) -> Option<DotQ8> {
-    best_level()?.kernel(dtype)
+    kernel(best_level()?, dtype)
 }
 
 /// The detected levels, worst first, plus `avx2_i32tree`: the AVX2 multiply in the loop the
@@ -99,7 +64,7 @@ pub(super) fn variants(dtype: DType) -> Vec<(&'static str, DotQ8)> {
         if level == Level::Avx2 {
             out.extend(avx2_i32tree(dtype).map(|d| ("avx2_i32tree", d)));
         }
-        out.extend(level.kernel(dtype).map(|d| (level.name(), d)));
+        out.extend(kernel(level, dtype).map(|d| (level.name(), d)));
     }
     out
 }
@@ -115,7 +80,7 @@ macro_rules! kernel_set {
                 // here.
                 unsafe { dot_row::<F, $madd>(row, acts) }
             }
-            // SAFETY (each closure): reachable only through `Level::kernel`, called for levels
+            // SAFETY (each closure): reachable only through `kernel`, called for levels
             // whose features `Level::detected` confirmed.
             let dot: DotQ8 = match dtype {
                 DType::Q4_0 => |r, a| unsafe { dot::<Q40>(r, a) },

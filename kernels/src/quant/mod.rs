@@ -19,6 +19,8 @@ mod legacy;
 mod legacy_q8;
 mod kquants_q8;
 pub mod q8;
+#[cfg(target_arch = "x86_64")]
+mod x86_level;
 mod simd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
