@@ -37,11 +37,12 @@ pub fn needs_q8(w: &MatRef<'_>) -> bool {
 
 /// `out = x · Wᵀ` for one weight.
 pub fn matmul(w: MatRef<'_>, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
+    let quantize = needs_q8(&w) && x.len() == n_tokens * w.cols;
     let mut q8 = Q8Acts::default();
-    if needs_q8(&w) && x.len() == n_tokens * w.cols {
+    if quantize {
         crate::quant::q8::quantize_q8_rows(x, &mut q8);
     }
-    let q8 = needs_q8(&w).then_some(&q8);
+    let q8 = quantize.then_some(&q8);
     matmul_group(&mut [Product { w, out }], Input { x, q8, n_tokens })
 }
 
@@ -69,10 +70,10 @@ pub fn matmul_group(products: &mut [Product<'_>], input: Input<'_>) -> Result<()
     let target_tasks = rayon::current_num_threads() * 4;
     let chunk = total_rows.div_ceil(target_tasks).clamp(4, 512);
     let mut tasks = Vec::with_capacity(total_rows / chunk + products.len());
-    for (pi, p) in products.iter_mut().enumerate() {
+    for p in products.iter_mut() {
         let out = OutPtr(p.out.as_mut_ptr());
         for r0 in (0..p.w.rows).step_by(chunk) {
-            tasks.push(Task { product: pi, w: p.w, out, rows: r0..(r0 + chunk).min(p.w.rows) });
+            tasks.push(Task { w: p.w, out, rows: r0..(r0 + chunk).min(p.w.rows) });
         }
     }
     tasks.par_iter().for_each_init(Vec::new, |row_f32, task| {
@@ -84,8 +85,6 @@ pub fn matmul_group(products: &mut [Product<'_>], input: Input<'_>) -> Result<()
 }
 
 struct Task<'a> {
-    #[allow(dead_code)]
-    product: usize,
     w: MatRef<'a>,
     out: OutPtr,
     rows: std::ops::Range<usize>,
