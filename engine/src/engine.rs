@@ -17,9 +17,16 @@ use crate::tokenizer::Tokenizer;
 pub struct EngineOptions {
     /// Context length in tokens; `None` uses the length the model was trained with.
     pub ctx: Option<usize>,
+    /// Compute threads for this engine's forward passes; `None` shares the process-wide pool
+    /// (one thread per core). Each engine with `Some` owns its pool, so several engines in one
+    /// daemon do not fight over the same threads.
+    pub threads: Option<usize>,
 }
 
+/// A loaded model: weights (memory-mapped), tokenizer, chat template. `Engine` is `Send + Sync`;
+/// share it with `Arc` and give each concurrent conversation its own [`Session`].
 pub struct Engine {
+    /// The model file or folder it was opened from.
     pub path: PathBuf,
     pub model: Model,
     pub tokenizer: Tokenizer,
@@ -29,9 +36,12 @@ pub struct Engine {
     /// Bytes of every tensor in the file, by tensor kind (for `ember info`).
     pub tensor_bytes: Vec<(String, usize)>,
     ctx: usize,
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl Engine {
+    /// Opens a GGUF file or a Hugging Face folder; every problem with the file is an error that
+    /// names the file and the field.
     pub fn open(path: &Path, options: &EngineOptions) -> Result<Engine> {
         let files = loader::open(path)?;
         let model = Model::load(&files.config, &files.weights)?;
@@ -51,6 +61,14 @@ impl Engine {
             Some(c) => c,
             None => files.config.train_ctx,
         };
+        let pool = match options.threads {
+            None => None,
+            Some(0) => return Err(EngineError::Param { name: "threads", problem: "must be at least 1".into() }),
+            Some(n) => Some(rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| EngineError::Param {
+                name: "threads",
+                problem: format!("cannot start {n} threads: {e}"),
+            })?),
+        };
         let tensor_bytes = bytes_by_kind(&files.weights);
         Ok(Engine {
             path: files.path,
@@ -60,9 +78,24 @@ impl Engine {
             gguf: files.gguf,
             tensor_bytes,
             ctx,
+            pool,
         })
     }
 
+    /// Runs `f` (a forward pass) on this engine's threads.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.pool {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
+    }
+
+    /// Compute threads the forward pass uses.
+    pub fn threads(&self) -> usize {
+        self.pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+    }
+
+    /// The model's hyper-parameters.
     pub fn config(&self) -> &ModelConfig {
         &self.model.config
     }
@@ -110,4 +143,14 @@ fn bytes_by_kind(w: &crate::weights::WeightStore) -> Vec<(String, usize)> {
         *map.entry(format!("{kind} ({})", t.dtype)).or_default() += t.n_bytes();
     }
     map.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Faces share one engine between threads.
+    #[test]
+    fn engine_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::Engine>();
+    }
 }

@@ -31,6 +31,27 @@ pub struct GenerationParams {
     pub overflow: Overflow,
 }
 
+impl Default for GenerationParams {
+    /// 256 tokens, llama.cpp's sampling defaults, ending at EOS, no stop strings, overflow is an
+    /// error.
+    fn default() -> Self {
+        GenerationParams {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            stop_at_eos: true,
+            overflow: Overflow::Error,
+        }
+    }
+}
+
+impl GenerationParams {
+    /// Arg-max decoding of at most `max_tokens` tokens, ending at EOS.
+    pub fn greedy(max_tokens: usize) -> Self {
+        GenerationParams { max_tokens, sampling: SamplingParams::greedy(), ..GenerationParams::default() }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinishReason {
     /// The model produced an end-of-generation token.
@@ -156,7 +177,8 @@ impl Generation<'_, '_> {
         if s.cache.len() + self.pending.len() > s.cache.ctx() {
             return Ok(self.end(FinishReason::ContextFull));
         }
-        let logits = s.engine.model.forward(&self.pending, &mut s.cache, Logits::Last)?;
+        let (engine, cache, pending) = (s.engine, &mut s.cache, &self.pending);
+        let logits = engine.install(move || engine.model.forward(pending, cache, Logits::Last))?;
         s.tokens.append(&mut self.pending);
         let token = self.sampler.sample(&logits, &self.history);
         if self.params.stop_at_eos && s.engine.tokenizer.is_end_of_generation(token) {

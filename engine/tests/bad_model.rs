@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use ember_engine::generate::{GenerationParams, Overflow};
 use ember_engine::gguf::{GgufWriter, MetaValue};
 use ember_engine::model::Logits;
-use ember_engine::sampling::{Penalties, SamplingParams, Strategy};
 use ember_engine::{Activation, Engine, EngineError, EngineOptions};
 use ember_kernels::DType;
 
@@ -444,17 +443,7 @@ fn tensor_of_an_unsupported_type_is_named() {
 // The real model, asked for impossible things.
 
 fn greedy(max_tokens: usize, overflow: Overflow) -> GenerationParams {
-    GenerationParams {
-        max_tokens,
-        sampling: SamplingParams {
-            strategy: Strategy::Greedy,
-            penalties: Penalties { repeat: 1.0, presence: 0.0, frequency: 0.0, last_n: 0 },
-            seed: 0,
-        },
-        stop: vec![],
-        stop_at_eos: false,
-        overflow,
-    }
+    GenerationParams { stop_at_eos: false, overflow, ..GenerationParams::greedy(max_tokens) }
 }
 
 /// The first `n` tokens of the WikiText test text.
@@ -468,7 +457,7 @@ fn prompt_tokens(e: &Engine, n: usize) -> Vec<u32> {
 
 #[test]
 fn prompt_longer_than_the_context_is_a_context_overflow() {
-    let e = match Engine::open(&util::smollm_path(), &EngineOptions { ctx: Some(16) }) {
+    let e = match Engine::open(&util::smollm_path(), &EngineOptions { ctx: Some(16), ..Default::default() }) {
         Ok(e) => e,
         Err(err) => panic!("the model opens: {err}"),
     };
@@ -504,7 +493,7 @@ fn prompt_longer_than_the_context_is_a_context_overflow() {
 
 #[test]
 fn zero_context_is_an_error() {
-    match Engine::open(&util::smollm_path(), &EngineOptions { ctx: Some(0) }) {
+    match Engine::open(&util::smollm_path(), &EngineOptions { ctx: Some(0), ..Default::default() }) {
         Ok(_) => panic!("ctx 0 was accepted"),
         Err(e) => assert!(e.to_string().contains("ctx"), "{e}"),
     }

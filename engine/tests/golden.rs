@@ -6,9 +6,9 @@
 mod util;
 
 use ember_engine::eval::{perplexity_of_tokens, PerplexityParams};
-use ember_engine::generate::{FinishReason, GenerationParams, Overflow};
+use ember_engine::generate::{FinishReason, GenerationParams};
 use ember_engine::model::Logits;
-use ember_engine::sampling::{Penalties, SamplingParams, Strategy};
+
 use ember_engine::{Engine, EngineOptions};
 use serde_json::Value;
 
@@ -35,17 +35,7 @@ fn open(path: &std::path::Path) -> Engine {
 }
 
 fn greedy(max_tokens: usize) -> GenerationParams {
-    GenerationParams {
-        max_tokens,
-        sampling: SamplingParams {
-            strategy: Strategy::Greedy,
-            penalties: Penalties { repeat: 1.0, presence: 0.0, frequency: 0.0, last_n: 0 },
-            seed: 0,
-        },
-        stop: vec![],
-        stop_at_eos: false,
-        overflow: Overflow::Error,
-    }
+    GenerationParams { stop_at_eos: false, ..GenerationParams::greedy(max_tokens) }
 }
 
 /// Compares our logits row with a reference `{logsumexp, top: [[id, logit]…]}` entry; returns

@@ -29,7 +29,7 @@ impl ModelArgs {
         }
         let path: PathBuf = ember_engine::hub::resolve_model(self.model.as_deref())?;
         let t0 = std::time::Instant::now();
-        let engine = Engine::open(&path, &EngineOptions { ctx: self.ctx })?;
+        let engine = Engine::open(&path, &EngineOptions { ctx: self.ctx, ..Default::default() })?;
         log::info(&format!("loaded {} in {:.2?}", path.display(), t0.elapsed()));
         Ok(engine)
     }
