@@ -2,7 +2,8 @@
 #
 #   make run                      build (release), fetch SmolLM2-135M, answer $(PROMPT)
 #   make run PROMPT="..." MAX_TOKENS=128
-#   make test                     what CI runs: prerequisites, model, cargo test --workspace --release
+#   make test                     what CI runs: prerequisites, model, cargo test --workspace --release,
+#                                 the Python package's and the server's tests
 #   make model                    fetch (or verify) the default model only
 #
 # The model cache is $EMBER_HOME (default ~/.cache/ember); tests find the model through
@@ -26,7 +27,7 @@ DEFAULT_MODEL := $(EMBER_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 export EMBER_TEST_MODEL ?= $(DEFAULT_MODEL)
 EMBER := ./target/release/ember
 
-.PHONY: help build run test prereqs model
+.PHONY: help build run test prereqs model pyenv test-python test-server
 
 help:
 	@sed -n '2,9s/^# \{0,1\}//p' Makefile
@@ -37,8 +38,25 @@ build:
 run: build model
 	$(EMBER) run --max-tokens $(MAX_TOKENS) "$(PROMPT)"
 
+# Every suite runs even when an earlier one fails; the target fails if any did.
 test: prereqs model
-	$(CARGO) test --workspace --release --no-fail-fast
+	status=0; \
+	$(CARGO) test --workspace --release --no-fail-fast || status=1; \
+	$(MAKE) --no-print-directory test-python || status=1; \
+	$(MAKE) --no-print-directory test-server || status=1; \
+	exit $$status
+
+# A virtual environment with the Python test tools (bindings/requirements-test.txt).
+PYENV := $(CURDIR)/target/pyenv
+pyenv: prereqs
+	@test -x $(PYENV)/bin/python || $(PYTHON) -m venv $(PYENV)
+	$(PYENV)/bin/python -m pip install -q --disable-pip-version-check -r bindings/requirements-test.txt
+
+test-python: pyenv model
+	@echo "make: the Python package's tests are not written yet" >&2
+
+test-server: pyenv model
+	@echo "make: the server's tests are not written yet" >&2
 
 # Nothing needs apt yet: Rust (cargo) and python3 with pip (model download) only.
 prereqs:
