@@ -101,3 +101,26 @@ fn an_engine_with_its_own_pool_gives_the_same_tokens() {
     let zero = Engine::open(&tokenizer_util::smollm_path(), &EngineOptions { ctx: None, threads: Some(0) });
     assert!(matches!(zero, Err(EngineError::Param { name: "threads", .. })));
 }
+
+/// Lines of this process's memory map that map `path`.
+fn mappings_of(path: &std::path::Path) -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let name = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    maps.lines().filter(|l| l.ends_with(name.to_str().unwrap_or("?"))).count()
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn dropping_the_engine_unmaps_the_model() {
+    // A private copy, so other tests' engines on the shared file do not count.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("model.gguf");
+    std::fs::copy(tokenizer_util::smollm_path(), &copy).unwrap();
+    let e = Arc::new(Engine::open(&copy, &EngineOptions::default()).expect("the model opens"));
+    assert!(mappings_of(&copy) > 0, "the weights are memory-mapped");
+    let prompt = e.encode_prompt(PROMPT).unwrap();
+    let stream = Stream::spawn(e.clone(), prompt, GenerationParams::greedy(4));
+    drop(stream);
+    drop(e);
+    assert_eq!(mappings_of(&copy), 0, "the model file is still mapped after the engine was dropped");
+}

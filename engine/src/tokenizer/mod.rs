@@ -2,7 +2,7 @@
 //! (`tokenizer.ggml.*`), with BOS/EOS/add_bos handled as llama.cpp does
 //! (`src/llama-vocab.cpp`). Both paths run on the Hugging Face `tokenizers` engine: a GGUF
 //! vocabulary is turned into the same BPE model, pre-tokenizer and decoder that the model's
-//! `tokenizer.json` would hold (see [`build`]).
+//! `tokenizer.json` would hold (see `build.rs`).
 //!
 //! Special tokens written in the text (`<|im_start|>`) are matched as single tokens, as
 //! llama.cpp does with `parse_special = true`; the post-processor never adds tokens: BOS is
