@@ -8,6 +8,7 @@ mod chat;
 mod info;
 mod perplexity;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,8 @@ enum Command {
     Pull(info::PullArgs),
     /// Prefill and decode speed (tokens/s) and peak memory, like llama-bench.
     Bench(bench::BenchArgs),
+    /// An OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models).
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -46,6 +49,7 @@ fn main() {
         Command::Info(a) => info::run(a),
         Command::Pull(a) => info::pull(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
