@@ -55,8 +55,9 @@ pyenv: prereqs
 test-python: pyenv model
 	@echo "make: the Python package's tests are not written yet" >&2
 
+# The server driven by the openai package (its Rust tests run in `cargo test --workspace`).
 test-server: pyenv model
-	@echo "make: the server's tests are not written yet" >&2
+	EMBER_BIN=$(CURDIR)/target/release/ember $(PYENV)/bin/python -m pytest -s -v bindings/server/tests
 
 # Nothing needs apt yet: Rust (cargo) and python3 with pip (model download) only.
 prereqs:
