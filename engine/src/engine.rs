@@ -82,12 +82,21 @@ impl Engine {
         })
     }
 
-    /// Runs `f` (a forward pass) on this engine's threads.
+    /// Runs `f` (a forward pass) on this engine's threads: the calling thread hands `f` to the
+    /// pool once and waits, and the parallel regions inside `f` are forked and joined by pool
+    /// workers, which is cheap (a worker spins briefly between regions), instead of each region
+    /// waking the pool from outside and sleeping on a lock (two context switches per matrix).
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         match &self.pool {
             Some(pool) => pool.install(f),
-            None => f(),
+            // A scope runs its body inside the global pool (inline when already on a worker).
+            None => rayon::scope(|_| f()),
         }
+    }
+
+    /// One forward pass on this engine's threads (see [`Model::forward`]).
+    pub fn forward<'c>(&self, tokens: &[u32], cache: &'c mut crate::kv_cache::KvCache, want: crate::model::Logits) -> Result<&'c [f32]> {
+        self.install(move || self.model.forward(tokens, cache, want))
     }
 
     /// Compute threads the forward pass uses.

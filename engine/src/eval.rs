@@ -73,8 +73,7 @@ pub fn perplexity_of_tokens(
         cache.clear();
         for start in (0..window.len()).step_by(params.chunk) {
             let chunk = &window[start..(start + params.chunk).min(window.len())];
-            let cache = &mut cache;
-            let logits = engine.install(move || engine.model.forward(chunk, cache, Logits::All))?;
+            let logits = engine.forward(chunk, &mut cache, Logits::All)?;
             for (i, row) in logits.chunks(vocab).enumerate() {
                 let Some(&target) = window.get(start + i + 1) else { break };
                 let (lp, top) = log_prob_and_argmax(row, target as usize);

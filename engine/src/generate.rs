@@ -177,8 +177,7 @@ impl Generation<'_, '_> {
         if s.cache.len() + self.pending.len() > s.cache.ctx() {
             return Ok(self.end(FinishReason::ContextFull));
         }
-        let (engine, cache, pending) = (s.engine, &mut s.cache, &self.pending);
-        let logits = engine.install(move || engine.model.forward(pending, cache, Logits::Last))?;
+        let logits = s.engine.forward(&self.pending, &mut s.cache, Logits::Last)?;
         s.tokens.append(&mut self.pending);
         let token = self.sampler.sample(&logits, &self.history);
         if self.params.stop_at_eos && s.engine.tokenizer.is_end_of_generation(token) {

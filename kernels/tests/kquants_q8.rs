@@ -143,6 +143,32 @@ fn variants_match_portable(dtype: DType, blocks: usize, seed: u64) {
     }
 }
 
+/// (a') Every many-rows kernel gives each row the portable integer dot up to f32 rounding, and
+/// leaves entries past the rows it was given alone.
+fn rows_kernels_match_portable(dtype: DType, rows: usize, blocks: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let w: Vec<Vec<u8>> = (0..rows).map(|_| random_row(dtype, blocks, &mut rng)).collect();
+    let x: Vec<f32> = (0..blocks * QK_K).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+    let acts = quantize(&x);
+    let (buf, at) = unaligned(&w.concat());
+    let portable = variants(dtype)[0].1;
+    let row_bytes = blocks * dtype.block_bytes();
+    for (name, dot_rows) in RowKernels::kquants_q8_rows_variants(dtype) {
+        let mut out = vec![f32::NAN; rows + 1];
+        dot_rows(&buf[at.clone()], row_bytes, acts.as_ref(), &mut out);
+        for (r, row) in w.iter().enumerate() {
+            let want = portable(row, acts.as_ref()) as f64;
+            let scale = magnitude(dtype, row, &dequantized_acts(&acts));
+            let got = out[r] as f64;
+            assert!(
+                (got - want).abs() <= F32_TOL * scale,
+                "{name} rows {dtype}, row {r} of {rows}, {blocks} super-blocks, seed {seed}: {got} vs portable {want}"
+            );
+        }
+        assert!(out[rows].is_nan(), "{name} rows {dtype}: wrote past the {rows} rows it was given");
+    }
+}
+
 /// (b) Every variant equals `Σ w_i x̂_i` (reference weights, dequantized activations) up to f32
 /// rounding.
 fn matches_reference_with_quantized_acts(dtype: DType, blocks: usize, seed: u64) {
@@ -272,6 +298,11 @@ macro_rules! format_tests {
                 #[test]
                 fn variants_match_portable(blocks in 1usize..=8, seed in any::<u64>()) {
                     super::variants_match_portable(D, blocks, seed);
+                }
+
+                #[test]
+                fn rows_kernels_match_portable(rows in 0usize..=6, blocks in 1usize..=3, seed in any::<u64>()) {
+                    super::rows_kernels_match_portable(D, rows, blocks, seed);
                 }
 
                 #[test]

@@ -155,6 +155,31 @@ fn variants_match_portable(dtype: DType, blocks: usize, seed: u64) {
     }
 }
 
+/// (a') Every many-rows kernel gives each row the portable integer dot (up to float order), for
+/// any row count (groups of four and the rest), leaving entries past the rows it was given alone.
+fn rows_kernels_match_portable(dtype: DType, rows: usize, blocks: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let w: Vec<Vec<u8>> = (0..rows).map(|_| random_row(dtype, blocks, &mut rng)).collect();
+    let acts = q8(&random_x(32 * blocks, &mut rng));
+    let (buf, at) = unaligned(&w.concat());
+    let portable = variants(dtype)[0].1;
+    let row_bytes = w.first().map_or(1, Vec::len);
+    for (name, dot_rows) in RowKernels::legacy_q8_rows_variants(dtype) {
+        let mut out = vec![f32::NAN; rows + 1]; // one more entry than rows: must stay NaN
+        dot_rows(&buf[at..], row_bytes, acts.as_ref(), &mut out);
+        for (r, row) in w.iter().enumerate() {
+            let want = portable(row, acts.as_ref()) as f64;
+            let tol = FLOAT_ORDER_TOL * float_magnitude(dtype, row, acts.as_ref());
+            let got = out[r] as f64;
+            assert!(
+                (got - want).abs() <= tol,
+                "{name} rows {dtype}, row {r} of {rows}, {blocks} blocks, seed {seed}: got {got}, portable {want}"
+            );
+        }
+        assert!(out[rows].is_nan(), "{name} rows {dtype}: wrote past the {rows} rows it was given");
+    }
+}
+
 /// (b) Every variant equals the f64 dot of the reference weights with the dequantized
 /// activations `d_a·q`: the integer formula, up to float order.
 fn matches_dequantized_activations(dtype: DType, blocks: usize, seed: u64) {
@@ -331,6 +356,11 @@ macro_rules! format_tests {
                 }
 
                 #[test]
+                fn rows_kernels_match_portable(rows in 0usize..=13, blocks in 1usize..=16, seed in any::<u64>()) {
+                    super::rows_kernels_match_portable(D, rows, blocks, seed);
+                }
+
+                #[test]
                 fn matches_dequantized_activations(blocks in 1usize..=16, seed in any::<u64>()) {
                     super::matches_dequantized_activations(D, blocks, seed);
                 }
@@ -350,6 +380,17 @@ format_tests! {
     q5_0 => Q5_0,
     q5_1 => Q5_1,
     q8_0 => Q8_0,
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn every_legacy_format_has_a_many_rows_kernel_with_avx2() {
+    if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")) {
+        return;
+    }
+    for d in LEGACY {
+        assert!(RowKernels::dot_q8_rows(d).is_some(), "{d}: no many-rows kernel");
+    }
 }
 
 #[test]

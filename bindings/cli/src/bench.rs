@@ -103,7 +103,7 @@ fn one_rep(engine: &Engine, prompt: &[u32], first: u32, gen: usize) -> Result<Re
     let mut prefill_s = None;
     if !prompt.is_empty() {
         let t0 = Instant::now();
-        let logits = model.forward(prompt, &mut cache, Logits::Last)?;
+        let logits = engine.forward(prompt, &mut cache, Logits::Last)?;
         next = sampler.sample(&logits, &history);
         prefill_s = Some(t0.elapsed().as_secs_f64());
     }
@@ -113,7 +113,7 @@ fn one_rep(engine: &Engine, prompt: &[u32], first: u32, gen: usize) -> Result<Re
         let t0 = Instant::now();
         for _ in 0..gen {
             history.push(next);
-            let logits = model.forward(&[next], &mut cache, Logits::Last)?;
+            let logits = engine.forward(&[next], &mut cache, Logits::Last)?;
             next = sampler.sample(&logits, &history);
         }
         decode_s = Some(t0.elapsed().as_secs_f64());

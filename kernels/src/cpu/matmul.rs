@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::quant::q8::{Q8Acts, Q8_BLOCK};
+use crate::quant::q8::{DotQ8, Q8Acts, Q8_BLOCK};
 use crate::quant::RowKernels;
 use crate::{KernelError, MatRef, Result};
 
@@ -84,6 +84,9 @@ pub fn matmul_group(products: &mut [Product<'_>], input: Input<'_>) -> Result<()
     Ok(())
 }
 
+/// Bytes of weight rows one tile of a many-token product holds (a part of L1).
+const TILE_BYTES: usize = 16 * 1024;
+
 struct Task<'a> {
     w: MatRef<'a>,
     out: OutPtr,
@@ -101,28 +104,51 @@ unsafe impl Sync for OutPtr {}
 /// rows of `task.rows`.
 unsafe fn run_task(task: &Task<'_>, input: Input<'_>, row_f32: &mut Vec<f32>) {
     let (w, n, cols) = (task.w, input.n_tokens, task.w.cols);
+    if let (Some(q8), Some(dot)) = (input.q8.filter(|_| needs_q8(&w)), RowKernels::dot_q8(w.dtype)) {
+        // SAFETY: forwarded to the caller.
+        return unsafe { run_task_q8(task, q8, n, dot) };
+    }
     let out = |t: usize, r: usize| task.out.0.add(t * w.rows + r);
     let kernels = RowKernels::for_dtype(w.dtype);
-    match (input.q8.filter(|_| needs_q8(&w)), RowKernels::dot_q8(w.dtype)) {
-        (Some(q8), Some(dot_q8)) => {
-            for r in task.rows.clone() {
-                let row = w.row(r);
-                for t in 0..n {
-                    *out(t, r) = dot_q8(row, q8.row(t, cols));
-                }
-            }
+    if n == 1 {
+        for r in task.rows.clone() {
+            *out(0, r) = (kernels.dot)(w.row(r), input.x);
         }
-        _ if n == 1 => {
-            for r in task.rows.clone() {
-                *out(0, r) = (kernels.dot)(w.row(r), input.x);
-            }
+        return;
+    }
+    row_f32.resize(cols, 0.0);
+    for r in task.rows.clone() {
+        (kernels.dequantize)(w.row(r), row_f32);
+        for t in 0..n {
+            *out(t, r) = dot_f32(row_f32, &input.x[t * cols..(t + 1) * cols]);
         }
-        _ => {
-            row_f32.resize(cols, 0.0);
-            for r in task.rows.clone() {
-                (kernels.dequantize)(w.row(r), row_f32);
-                for t in 0..n {
-                    *out(t, r) = dot_f32(row_f32, &input.x[t * cols..(t + 1) * cols]);
+    }
+}
+
+/// The integer-dot path of [`run_task`]: tiles of rows small enough to stay in L1 while every
+/// token's activations pass over them (one tile = the whole task for a single token), each tile
+/// one many-rows kernel call per token where the format has one.
+///
+/// # Safety
+/// As [`run_task`]; `q8` holds `n` rows of `task.w.cols` quantized activations.
+unsafe fn run_task_q8(task: &Task<'_>, q8: &Q8Acts, n: usize, dot: DotQ8) {
+    let w = task.w;
+    let dot_rows = RowKernels::dot_q8_rows(w.dtype);
+    let rb = w.row_bytes();
+    let tile = if n == 1 { task.rows.len() } else { TILE_BYTES / rb.max(1) }.max(4);
+    for r0 in task.rows.clone().step_by(tile) {
+        let r1 = (r0 + tile).min(task.rows.end);
+        let bytes = &w.data[r0 * rb..r1 * rb];
+        for t in 0..n {
+            // SAFETY: rows r0..r1 of token t belong to this task (see `run_task`).
+            let out_t = unsafe { std::slice::from_raw_parts_mut(task.out.0.add(t * w.rows + r0), r1 - r0) };
+            let acts = q8.row(t, w.cols);
+            match dot_rows {
+                Some(dot_rows) => dot_rows(bytes, rb, acts, out_t),
+                None => {
+                    for (o, row) in out_t.iter_mut().zip(bytes.chunks_exact(rb)) {
+                        *o = dot(row, acts);
+                    }
                 }
             }
         }

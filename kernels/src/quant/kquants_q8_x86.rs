@@ -28,7 +28,7 @@
 //! share every line but [`Madd::dot`] with the AVX2 one; the unit tests below run that shared
 //! code with an exact AVX2 emulation of `vpdpbusd`.
 
-use super::{k4_scales_mins, q3_k_scales, whole_superblocks, DType, DotQ8, Q8Ref, CHUNKS, QK_K};
+use super::{k4_scales_mins, q3_k_scales, whole_superblocks, DType, DotQ8, DotQ8Rows, Q8Ref, CHUNKS, QK_K};
 use std::arch::x86_64::*;
 use crate::quant::x86_level::{best_level, Level};
 
@@ -49,6 +49,30 @@ pub(super) fn best(dtype: DType) -> Option<DotQ8> {
     kernel(best_level()?, dtype)
 }
 
+/// This family's many-rows kernels for an instruction-set level.
+fn rows_kernel(level: Level, dtype: DType) -> Option<DotQ8Rows> {
+    match level {
+        Level::Avx512Vnni => avx512vnni_rows(dtype),
+        Level::AvxVnni => avxvnni_rows(dtype),
+        Level::Avx2 => avx2_rows(dtype),
+    }
+}
+
+/// The many-rows kernel of the best level (see [`DotQ8Rows`]).
+pub(super) fn best_rows(dtype: DType) -> Option<DotQ8Rows> {
+    rows_kernel(best_level()?, dtype)
+}
+
+/// Every detected level's many-rows kernel, named. For tests.
+pub(super) fn rows_variants(dtype: DType) -> Vec<(&'static str, DotQ8Rows)> {
+    Level::ALL
+        .into_iter()
+        .rev()
+        .filter(|l| l.detected())
+        .filter_map(|l| Some((l.name(), rows_kernel(l, dtype)?)))
+        .collect()
+}
+
 pub(super) fn variants(dtype: DType) -> Vec<(&'static str, DotQ8)> {
     Level::ALL
         .into_iter()
@@ -58,9 +82,35 @@ pub(super) fn variants(dtype: DType) -> Vec<(&'static str, DotQ8)> {
         .collect()
 }
 
-/// `fn $name(dtype) -> Option<DotQ8>`: the five kernels compiled with `$features`, using `$madd`.
-/// Call it only once `$features` were detected.
+/// `fn $name(dtype) -> Option<DotQ8>` and `fn $rows(dtype) -> Option<DotQ8Rows>`: the five
+/// kernels compiled with `$features`, using `$madd`, one row per call and many rows per call
+/// (a loop over rows inside the compiled function: no call per row). Call them only once
+/// `$features` were detected.
 macro_rules! kernel_set {
+    ($name:ident, $rows:ident, $madd:ty, $features:literal) => {
+        kernel_set!($name, $madd, $features);
+
+        fn $rows(dtype: DType) -> Option<DotQ8Rows> {
+            #[target_feature(enable = $features)]
+            unsafe fn dot<F: Format>(w: &[u8], row_bytes: usize, acts: Q8Ref<'_>, out: &mut [f32]) {
+                for (o, row) in out.iter_mut().zip(w.chunks_exact(row_bytes.max(1))) {
+                    // SAFETY: as in `$name`.
+                    *o = unsafe { F::dot::<$madd>(row, acts) };
+                }
+            }
+            // SAFETY (each closure): reachable only through `best_rows`/`rows_variants`, called
+            // for levels whose features `Level::detected` confirmed.
+            let dot: DotQ8Rows = match dtype {
+                DType::Q2_K => |w, n, a, o| unsafe { dot::<Q2K>(w, n, a, o) },
+                DType::Q3_K => |w, n, a, o| unsafe { dot::<Q3K>(w, n, a, o) },
+                DType::Q4_K => |w, n, a, o| unsafe { dot::<Q4K>(w, n, a, o) },
+                DType::Q5_K => |w, n, a, o| unsafe { dot::<Q5K>(w, n, a, o) },
+                DType::Q6_K => |w, n, a, o| unsafe { dot::<Q6K>(w, n, a, o) },
+                _ => return None,
+            };
+            Some(dot)
+        }
+    };
     ($name:ident, $madd:ty, $features:literal) => {
         fn $name(dtype: DType) -> Option<DotQ8> {
             #[target_feature(enable = $features)]
@@ -84,9 +134,9 @@ macro_rules! kernel_set {
     };
 }
 
-kernel_set!(avx2, Avx2, "avx2,fma,f16c");
-kernel_set!(avx512vnni, Avx512Vnni, "avx2,fma,f16c,avx512vnni,avx512vl");
-kernel_set!(avxvnni, AvxVnni, "avx2,fma,f16c,avxvnni");
+kernel_set!(avx2, avx2_rows, Avx2, "avx2,fma,f16c");
+kernel_set!(avx512vnni, avx512vnni_rows, Avx512Vnni, "avx2,fma,f16c,avx512vnni,avx512vl");
+kernel_set!(avxvnni, avxvnni_rows, AvxVnni, "avx2,fma,f16c,avxvnni");
 
 // ---------------------------------------------------------------------------------------------
 // Multiply-add of bytes

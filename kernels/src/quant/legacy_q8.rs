@@ -23,7 +23,7 @@
 //! last block that both `row` and every slice of `acts` hold in full.
 
 use super::common::f16_at;
-use super::q8::{DotQ8, Q8Ref, Q8_BLOCK};
+use super::q8::{DotQ8, DotQ8Rows, Q8Ref, Q8_BLOCK};
 use super::{DType, RowKernels};
 
 #[cfg(target_arch = "x86_64")]
@@ -38,6 +38,27 @@ pub(super) fn best(dtype: DType) -> Option<DotQ8> {
         return Some(dot);
     }
     portable(dtype)
+}
+
+/// The fastest many-rows kernel for `dtype`, where one is written (x86-64 with AVX2).
+pub(super) fn best_rows(dtype: DType) -> Option<DotQ8Rows> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(dot) = x86::best_rows(dtype) {
+        return Some(dot);
+    }
+    let _ = dtype;
+    None
+}
+
+/// Every many-rows kernel this CPU can run for `dtype`, named. For tests.
+pub(super) fn rows_variants(dtype: DType) -> Vec<(&'static str, DotQ8Rows)> {
+    #[cfg(target_arch = "x86_64")]
+    return x86::rows_variants(dtype);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = dtype;
+        Vec::new()
+    }
 }
 
 /// Every variant this CPU can run for `dtype`, named, the portable one first; empty when `dtype`
@@ -59,6 +80,12 @@ impl RowKernels {
     /// benchmarks that check or time each one.
     pub fn legacy_q8_variants(dtype: DType) -> Vec<(&'static str, DotQ8)> {
         variants(dtype)
+    }
+
+    /// Every many-rows integer-dot kernel of a legacy `dtype` this CPU can run (see
+    /// [`RowKernels::dot_q8_rows`]), named. For tests and benchmarks.
+    pub fn legacy_q8_rows_variants(dtype: DType) -> Vec<(&'static str, DotQ8Rows)> {
+        rows_variants(dtype)
     }
 }
 

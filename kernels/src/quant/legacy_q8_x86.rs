@@ -20,7 +20,7 @@
 //! 512-bit versions (two blocks per `zmm`) are not written: the machine this was developed on
 //! exposes no AVX-512 to its guest, so they could be neither tested nor timed.
 
-use super::{whole_blocks, DType, DotQ8, Q8Ref, Q8_BLOCK};
+use super::{whole_blocks, DType, DotQ8, DotQ8Rows, Q8Ref, Q8_BLOCK};
 use std::arch::x86_64::*;
 use crate::quant::x86_level::{best_level, Level};
 
@@ -55,6 +55,29 @@ pub(super) fn best(dtype: DType) -> Option<DotQ8> {
     kernel(best_level()?, dtype)
 }
 
+/// The many-rows kernel of the best level (see [`DotQ8Rows`]).
+pub(super) fn best_rows(dtype: DType) -> Option<DotQ8Rows> {
+    match best_level()? {
+        Level::Avx512Vnni => avx512vnni_rows(dtype),
+        Level::AvxVnni => avxvnni_rows(dtype),
+        Level::Avx2 => avx2_rows(dtype),
+    }
+}
+
+/// Every detected level's many-rows kernel, named. For tests.
+pub(super) fn rows_variants(dtype: DType) -> Vec<(&'static str, DotQ8Rows)> {
+    let mut out: Vec<(&'static str, DotQ8Rows)> = Vec::new();
+    for level in Level::ALL.into_iter().rev().filter(|l| l.detected()) {
+        let k = match level {
+            Level::Avx512Vnni => avx512vnni_rows(dtype),
+            Level::AvxVnni => avxvnni_rows(dtype),
+            Level::Avx2 => avx2_rows(dtype),
+        };
+        out.extend(k.map(|d| (level.name(), d)));
+    }
+    out
+}
+
 /// The detected levels, worst first, plus `avx2_i32tree`: the AVX2 multiply in the loop the
 /// VNNI variants run (each block widened to i32 before the tree), so that this shared code is
 /// tested on CPUs without VNNI too. It is never chosen by [`best`].
@@ -69,9 +92,33 @@ pub(super) fn variants(dtype: DType) -> Vec<(&'static str, DotQ8)> {
     out
 }
 
-/// `fn $name(dtype) -> Option<DotQ8>`: the five kernels compiled with `$features`, using `$madd`.
-/// Call it only once `$features` were detected.
+/// `fn $name(dtype) -> Option<DotQ8>`: the five kernels compiled with `$features`, using `$madd`;
+/// with a second name, also `fn $rows(dtype) -> Option<DotQ8Rows>`. Call them only once
+/// `$features` were detected.
 macro_rules! kernel_set {
+    ($name:ident, $rows:ident, $madd:ty, $features:literal) => {
+        kernel_set!($name, $madd, $features);
+
+        fn $rows(dtype: DType) -> Option<DotQ8Rows> {
+            #[target_feature(enable = $features)]
+            unsafe fn dot<F: Format>(w: &[u8], row_bytes: usize, acts: Q8Ref<'_>, out: &mut [f32]) {
+                // SAFETY: `dot_rows` needs the features of `$madd` and AVX2/FMA/F16C, all enabled
+                // here.
+                unsafe { dot_rows::<F, $madd>(w, row_bytes, acts, out) }
+            }
+            // SAFETY (each closure): reachable only through `best_rows`/`rows_variants`, called
+            // for levels whose features `Level::detected` confirmed.
+            let dot: DotQ8Rows = match dtype {
+                DType::Q4_0 => |w, n, a, o| unsafe { dot::<Q40>(w, n, a, o) },
+                DType::Q4_1 => |w, n, a, o| unsafe { dot::<Q41>(w, n, a, o) },
+                DType::Q5_0 => |w, n, a, o| unsafe { dot::<Q50>(w, n, a, o) },
+                DType::Q5_1 => |w, n, a, o| unsafe { dot::<Q51>(w, n, a, o) },
+                DType::Q8_0 => |w, n, a, o| unsafe { dot::<Q80>(w, n, a, o) },
+                _ => return None,
+            };
+            Some(dot)
+        }
+    };
     ($name:ident, $madd:ty, $features:literal) => {
         fn $name(dtype: DType) -> Option<DotQ8> {
             #[target_feature(enable = $features)]
@@ -95,10 +142,10 @@ macro_rules! kernel_set {
     };
 }
 
-kernel_set!(avx2, Avx2, "avx2,fma,f16c");
+kernel_set!(avx2, avx2_rows, Avx2, "avx2,fma,f16c");
 kernel_set!(avx2_i32tree, Avx2I32Tree, "avx2,fma,f16c");
-kernel_set!(avx512vnni, Avx512Vnni, "avx2,fma,f16c,avx512vnni,avx512vl");
-kernel_set!(avxvnni, AvxVnni, "avx2,fma,f16c,avxvnni");
+kernel_set!(avx512vnni, avx512vnni_rows, Avx512Vnni, "avx2,fma,f16c,avx512vnni,avx512vl");
+kernel_set!(avxvnni, avxvnni_rows, AvxVnni, "avx2,fma,f16c,avxvnni");
 
 // ---------------------------------------------------------------------------------------------
 // Multiply-add of bytes
@@ -444,6 +491,72 @@ unsafe fn dot_row<F: Format, M: Madd>(row: &[u8], acts: Q8Ref<'_>) -> f32 {
         let tail = if b < nb { step1::<F, M>(r, b) } else { 0.0 };
         hsum_ps(acc.sum, acc.min) + tail
     }
+}
+
+/// Rows processed together by [`dot_rows`]: they share each activation load, and their four
+/// independent accumulators keep the multiply units busy.
+const ROWS: usize = 4;
+
+/// `out[i]` = the dot of row `i` (`w[i·row_bytes..]`) with `acts`, for every `i < out.len()`
+/// that `w` holds; [`ROWS`] rows at a time.
+///
+/// # Safety
+/// As [`dot_row`].
+#[inline(always)]
+unsafe fn dot_rows<F: Format, M: Madd>(w: &[u8], row_bytes: usize, acts: Q8Ref<'_>, out: &mut [f32]) {
+    if row_bytes == 0 {
+        return out.fill(0.0);
+    }
+    let n = out.len().min(w.len() / row_bytes);
+    let (groups, rest) = out[..n].split_at_mut(n - n % ROWS);
+    for (g, o) in groups.chunks_exact_mut(ROWS).enumerate() {
+        let rows = &w[g * ROWS * row_bytes..(g + 1) * ROWS * row_bytes];
+        // SAFETY: forwarded to the caller.
+        let r = unsafe { dot_row4::<F, M>(rows, row_bytes, acts) };
+        o.copy_from_slice(&r);
+    }
+    let done = groups.len() * row_bytes;
+    for (o, row) in rest.iter_mut().zip(w[done..].chunks_exact(row_bytes)) {
+        // SAFETY: forwarded to the caller.
+        *o = unsafe { dot_row::<F, M>(row, acts) };
+    }
+}
+
+/// [`dot_row`] of the [`ROWS`] consecutive rows of `rows`.
+///
+/// # Safety
+/// As [`dot_row`].
+#[inline(always)]
+unsafe fn dot_row4<F: Format, M: Madd>(rows: &[u8], row_bytes: usize, acts: Q8Ref<'_>) -> [f32; ROWS] {
+    let nb = whole_blocks(F::BYTES, &rows[..row_bytes], acts);
+    let mut r = [Blocks { w: rows.as_ptr(), y: acts.qs.as_ptr(), da: acts.d.as_ptr(), sums: acts.sum16.as_ptr() }; ROWS];
+    for (k, rk) in r.iter_mut().enumerate() {
+        rk.w = rows[k * row_bytes..].as_ptr();
+    }
+    let mut acc = [Acc { sum: _mm256_setzero_ps(), min: _mm_setzero_ps() }; ROWS];
+    let mut b = 0;
+    let mut out = [0.0f32; ROWS];
+    // SAFETY: every step reads blocks `b..b + n` with `b + n <= nb`; each of the ROWS rows holds
+    // `row_bytes ≥ nb·F::BYTES` bytes (`rows` holds ROWS·row_bytes), and `acts` holds nb blocks.
+    unsafe {
+        while b + 4 <= nb {
+            for k in 0..ROWS {
+                acc[k] = step4::<F, M>(r[k], b, acc[k]);
+            }
+            b += 4;
+        }
+        if b + 2 <= nb {
+            for k in 0..ROWS {
+                acc[k] = step2::<F, M>(r[k], b, acc[k]);
+            }
+            b += 2;
+        }
+        for k in 0..ROWS {
+            let tail = if b < nb { step1::<F, M>(r[k], b) } else { 0.0 };
+            out[k] = hsum_ps(acc[k].sum, acc[k].min) + tail;
+        }
+    }
+    out
 }
 
 /// Blocks `b..b + 4` into `acc`.

@@ -186,6 +186,12 @@ impl RowKernels {
         legacy_q8::best(dtype).or_else(|| kquants_q8::best(dtype))
     }
 
+    /// The many-rows form of [`RowKernels::dot_q8`], where this CPU has one; callers fall back
+    /// to calling `dot_q8` row by row.
+    pub fn dot_q8_rows(dtype: DType) -> Option<q8::DotQ8Rows> {
+        legacy_q8::best_rows(dtype).or_else(|| kquants_q8::best_rows(dtype))
+    }
+
     /// The kernels built for the compile target's baseline only, without run-time feature
     /// detection: what [`RowKernels::for_dtype`] falls back to. For tests and benchmarks that
     /// want to check or time both variants.

@@ -140,3 +140,9 @@ mod x86;
 
 /// The integer-dot kernel of a weight format: `row` holds `qs.len()` elements in that format.
 pub type DotQ8 = fn(row: &[u8], acts: Q8Ref<'_>) -> f32;
+
+/// The integer dot of many rows at once: `out[i]` = the dot of `w[i·row_bytes..(i+1)·row_bytes]`
+/// with `acts`, for every `i < out.len()` whose row `w` holds (the others are left as they are).
+/// One call per run of rows saves a call per row, and a kernel may share the activation loads
+/// between rows.
+pub type DotQ8Rows = fn(w: &[u8], row_bytes: usize, acts: Q8Ref<'_>, out: &mut [f32]);
