@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use axum::middleware::Next;
@@ -19,12 +20,21 @@ use crate::request::{GenerateRequest, PromptInput};
 use crate::response::{sse, Endpoint, Meta, SSE_DONE};
 use crate::{random_u64, AppState};
 
-pub async fn chat(State(state): State<AppState>, body: Bytes) -> Response {
-    generate(state, Endpoint::Chat, &body).await.unwrap_or_else(IntoResponse::into_response)
+pub async fn chat(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    answer(state, Endpoint::Chat, body).await
 }
 
-pub async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
-    generate(state, Endpoint::Completion, &body).await.unwrap_or_else(IntoResponse::into_response)
+pub async fn completions(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    answer(state, Endpoint::Completion, body).await
+}
+
+async fn answer(state: AppState, endpoint: Endpoint, body: Result<Bytes, BytesRejection>) -> Response {
+    let result = match body {
+        Ok(body) => generate(state, endpoint, &body).await,
+        // An unreadable or too large body (axum's limit is 2 MiB).
+        Err(r) => Err(ApiError { status: r.status(), ..ApiError::bad_request(r.body_text(), None) }),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 pub async fn models(State(state): State<AppState>) -> Response {

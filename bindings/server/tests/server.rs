@@ -152,6 +152,10 @@ async fn bad_requests_are_400_and_name_the_problem() {
         assert!(message.contains(needle), "{body}: {message:?} lacks {needle:?}");
         assert_eq!(v["error"]["param"].as_str(), param, "{body}: {v}");
     }
+    let huge = format!("{{\"prompt\": \"{}\"}}", "x".repeat(3 << 20));
+    let (status, v) = send_json(&app, post("/v1/completions", &huge)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    error_message(&v, "invalid_request_error");
     let (status, v) = send_json(&app, get("/v1/nothing")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(error_message(&v, "invalid_request_error").contains("/v1/nothing"));
