@@ -52,8 +52,16 @@ pyenv: prereqs
 	@test -x $(PYENV)/bin/python || $(PYTHON) -m venv $(PYENV)
 	$(PYENV)/bin/python -m pip install -q --disable-pip-version-check -r bindings/requirements-test.txt
 
+# The Python package (bindings/python): build the abi3 wheel, install it into a fresh virtual
+# environment (what `pip install` gives a user), run its tests from outside the source tree.
+PYTEST_VENV := $(CURDIR)/target/pytest-venv
 test-python: pyenv model
-	@echo "make: the Python package's tests are not written yet" >&2
+	rm -rf $(PYTEST_VENV) target/wheels/ember_llm-*.whl
+	$(PYENV)/bin/maturin build --release -m bindings/python/Cargo.toml -o target/wheels
+	$(PYTHON) -m venv $(PYTEST_VENV)
+	$(PYTEST_VENV)/bin/python -m pip install -q --disable-pip-version-check target/wheels/ember_llm-*.whl \
+	  "$$(grep '^pytest==' bindings/requirements-test.txt)"
+	cd $(PYTEST_VENV) && ./bin/python -m pytest -p no:cacheprovider -v --durations=5 $(CURDIR)/bindings/python/tests
 
 # The server driven by the openai package (its Rust tests run in `cargo test --workspace`).
 test-server: pyenv model

@@ -46,6 +46,19 @@ impl Default for Strategy {
     }
 }
 
+impl Strategy {
+    /// The plainest strategy that chooses the same tokens: `Sample` at temperature 0 is
+    /// `Greedy` (llama.cpp's convention, what `--temperature 0` and Python's `temperature=0`
+    /// mean); anything else is returned as it is. Faces build `Sample { … }` from their knobs
+    /// and call this.
+    pub fn canonical(self) -> Strategy {
+        match self {
+            Strategy::Sample { temperature: 0.0, .. } => Strategy::Greedy,
+            other => other,
+        }
+    }
+}
+
 /// Penalties on tokens already present in the last `last_n` tokens of the context.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Penalties {
@@ -291,5 +304,18 @@ impl Sampler {
         }
         // Rounding left `u` just past the end: the last token with any weight.
         self.cands.iter().rev().find(|c| weight(c) > 0.0).or(self.cands.last()).map_or(0, |c| c.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Strategy;
+
+    #[test]
+    fn temperature_zero_is_greedy() {
+        let sample = |temperature| Strategy::Sample { temperature, top_k: 40, top_p: 0.95, min_p: 0.05 };
+        assert_eq!(sample(0.0).canonical(), Strategy::Greedy);
+        assert_eq!(sample(0.7).canonical(), sample(0.7));
+        assert_eq!(Strategy::Greedy.canonical(), Strategy::Greedy);
     }
 }
