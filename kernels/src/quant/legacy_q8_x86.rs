@@ -541,6 +541,14 @@ unsafe fn dot_row4<F: Format, M: Madd>(rows: &[u8], row_bytes: usize, acts: Q8Re
     unsafe {
         while b + 4 <= nb {
             for k in 0..ROWS {
+                // The same blocks of the row PREFETCH_GROUPS groups ahead: the stream of weights
+                // is requested early enough to hide the memory latency (prefetches never fault).
+                let ahead = r[k].w.wrapping_add(b * F::BYTES + PREFETCH_GROUPS * ROWS * row_bytes);
+                let mut line = 0;
+                while line < 4 * F::BYTES {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                    line += 64;
+                }
                 acc[k] = step4::<F, M>(r[k], b, acc[k]);
             }
             b += 4;
@@ -558,6 +566,9 @@ unsafe fn dot_row4<F: Format, M: Madd>(rows: &[u8], row_bytes: usize, acts: Q8Re
     }
     out
 }
+
+/// How many groups of [`ROWS`] rows ahead [`dot_row4`] prefetches.
+const PREFETCH_GROUPS: usize = 4;
 
 /// Blocks `b..b + 4` into `acc`.
 ///
