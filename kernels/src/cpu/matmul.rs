@@ -68,7 +68,8 @@ pub fn matmul_group(products: &mut [Product<'_>], input: Input<'_>) -> Result<()
     }
     let total_rows: usize = products.iter().map(|p| p.w.rows).sum();
     let target_tasks = rayon::current_num_threads() * 4;
-    let chunk = total_rows.div_ceil(target_tasks).clamp(4, 512);
+    // A multiple of four rows: the many-rows kernels take rows four at a time.
+    let chunk = total_rows.div_ceil(target_tasks).clamp(4, 512).next_multiple_of(4);
     let mut tasks = Vec::with_capacity(total_rows / chunk + products.len());
     for p in products.iter_mut() {
         let out = OutPtr(p.out.as_mut_ptr());
