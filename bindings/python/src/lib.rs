@@ -16,7 +16,7 @@ mod model;
 mod options;
 mod text_stream;
 
-#[pymodule]
+#[pymodule(name = "ember")]
 fn ember(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<model::Model>()?;
