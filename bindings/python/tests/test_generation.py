@@ -40,11 +40,16 @@ def test_temperature_zero_is_greedy_whatever_the_seed(model):
 
 def test_stop_strings_end_the_text_before_them(model):
     full = model.generate(FRANCE, temperature=0, max_tokens=16, ignore_eos=True)
-    assert "\n" in full and "answer" in full, full
-    assert model.generate(FRANCE, temperature=0, max_tokens=16, stop="\n") == full[: full.index("\n")]
-    assert model.generate(FRANCE, temperature=0, max_tokens=16, stop=["answer", "\n"]) == full[: full.index("\n")]
-    stream = model.generate(FRANCE, temperature=0, max_tokens=16, stop=["answer"], stream=True)
-    assert "".join(stream) == full[: full.index("answer")]
+    # " Paris.\n\n" is firm in the reference; the tail depends on near-ties, so it is taken
+    # from this run (greedy decoding repeats it).
+    assert full.startswith(" Paris.\n"), full
+    tail = full.rstrip()[-4:]
+    cut = full.index(tail)
+    assert cut > 0
+    assert model.generate(FRANCE, temperature=0, max_tokens=16, stop="\n") == " Paris."
+    assert model.generate(FRANCE, temperature=0, max_tokens=16, stop=[tail, "\n"]) == " Paris."
+    stream = model.generate(FRANCE, temperature=0, max_tokens=16, stop=[tail], stream=True)
+    assert "".join(stream) == full[:cut]
     assert stream.finish_reason == "stop"
 
 
