@@ -12,6 +12,7 @@
 use rayon::prelude::*;
 
 use crate::quant::q8::{DotQ8, Q8Acts, Q8_BLOCK};
+use crate::quant::unpacked::{self, can_unpack, unpack_rows, Unpacked};
 use crate::quant::RowKernels;
 use crate::{KernelError, MatRef, Result};
 
@@ -77,16 +78,27 @@ pub fn matmul_group(products: &mut [Product<'_>], input: Input<'_>) -> Result<()
             tasks.push(Task { w: p.w, out, rows: r0..(r0 + chunk).min(p.w.rows) });
         }
     }
-    tasks.par_iter().for_each_init(Vec::new, |row_f32, task| {
+    tasks.par_iter().for_each_init(TaskScratch::default, |scratch, task| {
         // SAFETY: tasks cover disjoint row ranges of their product, and every write below goes
         // to `out[t * rows + r]` for a row `r` of this task only; `out` outlives the region.
-        unsafe { run_task(task, input, row_f32) }
+        unsafe { run_task(task, input, scratch) }
     });
     Ok(())
 }
 
 /// Bytes of weight rows one tile of a many-token product holds (a part of L1).
 const TILE_BYTES: usize = 16 * 1024;
+
+/// Tokens from which a product unpacks each tile of 4/5/6-bit rows once (see
+/// `quant::unpacked`) instead of unpacking every row's bits again for every token.
+const UNPACK_MIN_TOKENS: usize = 4;
+
+/// Per-thread buffers of a parallel region.
+#[derive(Default)]
+struct TaskScratch {
+    row_f32: Vec<f32>,
+    unpacked: Unpacked,
+}
 
 struct Task<'a> {
     w: MatRef<'a>,
@@ -103,12 +115,17 @@ unsafe impl Sync for OutPtr {}
 /// # Safety
 /// `task.out` must point to `(n_tokens, task.w.rows)` floats that no other task writes at the
 /// rows of `task.rows`.
-unsafe fn run_task(task: &Task<'_>, input: Input<'_>, row_f32: &mut Vec<f32>) {
+unsafe fn run_task(task: &Task<'_>, input: Input<'_>, scratch: &mut TaskScratch) {
     let (w, n, cols) = (task.w, input.n_tokens, task.w.cols);
     if let (Some(q8), Some(dot)) = (input.q8.filter(|_| needs_q8(&w)), RowKernels::dot_q8(w.dtype)) {
+        if n >= UNPACK_MIN_TOKENS && can_unpack(w.dtype) {
+            // SAFETY: forwarded to the caller.
+            return unsafe { run_task_unpacked(task, q8, n, dot, &mut scratch.unpacked) };
+        }
         // SAFETY: forwarded to the caller.
         return unsafe { run_task_q8(task, q8, n, dot) };
     }
+    let row_f32 = &mut scratch.row_f32;
     let out = |t: usize, r: usize| task.out.0.add(t * w.rows + r);
     let kernels = RowKernels::for_dtype(w.dtype);
     if n == 1 {
@@ -122,6 +139,34 @@ unsafe fn run_task(task: &Task<'_>, input: Input<'_>, row_f32: &mut Vec<f32>) {
         (kernels.dequantize)(w.row(r), row_f32);
         for t in 0..n {
             *out(t, r) = dot_f32(row_f32, &input.x[t * cols..(t + 1) * cols]);
+        }
+    }
+}
+
+/// The many-token path of [`run_task`] for the 4/5/6-bit formats: each tile of rows is unpacked
+/// once (bits to bytes, scales to floats), then every token's activations are dotted with it.
+///
+/// # Safety
+/// As [`run_task`]; `q8` holds `n` rows of `task.w.cols` quantized activations.
+unsafe fn run_task_unpacked(task: &Task<'_>, q8: &Q8Acts, n: usize, dot: DotQ8, unpacked: &mut Unpacked) {
+    let w = task.w;
+    let rb = w.row_bytes();
+    // An unpacked row takes about 2.25 bytes per element: a byte, a 32nd of 8 floats, a 16th of
+    // a float.
+    let tile = (TILE_BYTES / (w.cols * 9 / 4).max(1)).max(4);
+    for r0 in task.rows.clone().step_by(tile) {
+        let r1 = (r0 + tile).min(task.rows.end);
+        if !unpack_rows(w.dtype, &w.data[r0 * rb..r1 * rb], rb, w.cols, unpacked) {
+            // Not reachable for a checked MatRef of an unpackable format; computed the usual way.
+            let sub = Task { w, out: task.out, rows: r0..r1 };
+            // SAFETY: forwarded to the caller.
+            unsafe { run_task_q8(&sub, q8, n, dot) };
+            continue;
+        }
+        for t in 0..n {
+            // SAFETY: rows r0..r1 of token t belong to this task (see `run_task`).
+            let out_t = unsafe { std::slice::from_raw_parts_mut(task.out.0.add(t * w.rows + r0), r1 - r0) };
+            unpacked::dot_rows(unpacked, q8.row(t, w.cols), out_t);
         }
     }
 }
