@@ -78,11 +78,9 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     pub fn params(&self) -> GenerationParams {
-        let strategy = if self.temperature == 0.0 {
-            Strategy::Greedy
-        } else {
+        let strategy =
             Strategy::Sample { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, min_p: self.min_p }
-        };
+                .canonical();
         GenerationParams {
             max_tokens: self.max_tokens,
             sampling: SamplingParams {

@@ -178,16 +178,13 @@ impl GenerateRequest {
             Strategy::Greedy => (0.0, 0, 1.0, 0.0),
         };
         let temperature = self.temperature.unwrap_or(temperature);
-        let strategy = if temperature == 0.0 {
-            Strategy::Greedy
-        } else {
-            Strategy::Sample {
-                temperature,
-                top_k: self.top_k.unwrap_or(top_k),
-                top_p: self.top_p.unwrap_or(top_p),
-                min_p: self.min_p.unwrap_or(min_p),
-            }
-        };
+        let strategy = Strategy::Sample {
+            temperature,
+            top_k: self.top_k.unwrap_or(top_k),
+            top_p: self.top_p.unwrap_or(top_p),
+            min_p: self.min_p.unwrap_or(min_p),
+        }
+        .canonical();
         let p = defaults.penalties;
         let penalties = Penalties {
             repeat: self.repeat_penalty.unwrap_or(p.repeat),
