@@ -18,8 +18,13 @@ use serde_json::Value;
 const LOGIT_MAX_TOL: f32 = 0.75;
 /// The mean absolute deviation over every compared logit (0.15–0.2 measured).
 const LOGIT_MEAN_TOL: f32 = 0.3;
-/// Decoding one token at a time and prefilling in one batch run the same arithmetic.
-const BATCH_TOL: f32 = 1e-3;
+/// Decoding one token at a time and prefilling in one batch compute the same products with
+/// different kernels (row dots vs tiles unpacked once for many tokens), whose float rounding
+/// differs; through the 8-bit activations that flips codes and moves logits apart by up to about
+/// twice their distance to the reference (0.89 measured on SmolLM2, 0.43 on Qwen, each path
+/// within 0.54 of the reference). A stale or misplaced KV-cache entry moves logits by several
+/// units; the decoded rows are also held to `LOGIT_MAX_TOL` against the reference.
+const BATCH_TOL: f32 = 1.25;
 /// Perplexity within 0.5% of the reference (llama.cpp lands within 0.15%).
 const PPL_REL_TOL: f64 = 0.005;
 /// Top-1 next-token accuracy within 1 point.
@@ -67,11 +72,17 @@ fn logits_match_reference(e: &Engine, model: &str) {
         }
         // Decoding one token at a time over the cache gives the batched prefill's logits.
         let mut cache = e.model.new_cache(e.ctx());
+        let mut batch_worst = 0.0f32;
         for (pos, id) in ids.iter().enumerate().take(16) {
             let row = e.model.forward(&[*id], &mut cache, Logits::Last).unwrap();
             let worst = row.iter().zip(&prefill[pos * vocab..]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
             assert!(worst < BATCH_TOL, "{key} position {pos}: decode differs from prefill by {worst}");
+            batch_worst = batch_worst.max(worst);
+            if let Some(p) = r[key][positions].as_array().unwrap().iter().find(|p| p["pos"].as_u64() == Some(pos as u64)) {
+                logit_deviations(row, p, &format!("{key} position {pos}, decoded"));
+            }
         }
+        eprintln!("{model} {key}: decode within {batch_worst} of prefill");
     }
     let mean = all.iter().sum::<f32>() / all.len() as f32;
     eprintln!("{model}: logits within {} of the reference, {mean:.3} on average", all.iter().copied().fold(0.0, f32::max));
