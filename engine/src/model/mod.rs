@@ -5,7 +5,6 @@
 //! A block is: norm → attention → add → norm → FFN → add. Qwen2 differs only by the biases on
 //! Q, K and V; ReLU models only by the FFN activation.
 
-mod attention;
 mod rope;
 
 use ember_kernels::cpu::{matmul_group, needs_q8, ops, Input, Product};
@@ -15,7 +14,7 @@ use crate::config::{Activation, ModelConfig};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 use crate::weights::{Weight, WeightStore};
-use attention::{attention, AttnShape};
+use ember_kernels::cpu::{attention, AttnShape};
 use rope::Rope;
 
 /// Which logits a forward call returns.
@@ -177,7 +176,7 @@ impl Model {
         cache.append(l, &s.k, &s.v);
         let (kc, vc) = cache.layer(l);
         let shape = AttnShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd, start };
-        attention(&shape, &s.q, kc, vc, &mut s.attn);
+        attention(&shape, &s.q, kc, vc, &mut s.attn)?;
         run_group(&mut [Product { w: layer.wo.mat(), out: &mut s.attn_out }], &s.attn, n, &mut s.attn_q8)
     }
 
