@@ -1,5 +1,6 @@
 //! Causal multi-head attention with grouped KV heads over a KV cache (eager: scores, softmax,
-//! weighted sum, as in transformers' `eager_attention_forward`), one query head per task.
+//! weighted sum, as in transformers' `eager_attention_forward`), one KV head and its query heads
+//! per task.
 //!
 //! The per-head body is written with 8-lane arrays and compiled twice: with AVX2 + FMA (chosen
 //! at run time once per call) and for the baseline target, so the dots over the keys and the
@@ -39,14 +40,17 @@ pub fn attention(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]
     let group = s.n_heads / s.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let simd = has_avx2();
-    out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (i, o)| {
-        let (t, h) = (i / s.n_heads, i % s.n_heads);
-        let head = Head {
-            q: &q[t * q_dim + h * hd..][..hd],
+    // One task per (position, KV head): the `group` query heads that read a KV head are
+    // contiguous in `q` and `out`, and go over its keys and values together, so the cache is
+    // read once per KV head instead of once per query head.
+    out.par_chunks_mut(group * hd).enumerate().for_each_init(Vec::new, |scores, (i, o)| {
+        let (t, kvh) = (i / s.n_kv_heads, i % s.n_kv_heads);
+        let heads = Heads {
+            q: &q[t * q_dim + kvh * group * hd..][..group * hd],
             k,
             v,
             kv_dim,
-            offset: (h / group) * hd,
+            offset: kvh * hd,
             n_keys: s.start + t + 1,
             scale,
         };
@@ -54,18 +58,19 @@ pub fn attention(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]
             // SAFETY: `has_avx2` confirmed AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                head_avx2(&head, scores, o)
+                heads_avx2(&heads, hd, scores, o)
             }
         } else {
-            head_body(&head, scores, o)
+            heads_body(&heads, hd, scores, o)
         }
     });
     Ok(())
 }
 
-/// One query head: its query row and where its KV head's columns are in the cache rows.
-struct Head<'a> {
-    q: &'a [f32], // (head_dim)
+/// The query heads of one KV head at one position, and where that KV head's columns are in the
+/// cache rows.
+struct Heads<'a> {
+    q: &'a [f32], // (group, head_dim)
     k: &'a [f32], // (positions, kv_dim)
     v: &'a [f32], // (positions, kv_dim)
     kv_dim: usize,
@@ -85,55 +90,68 @@ fn has_avx2() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn head_avx2(h: &Head<'_>, scores: &mut Vec<f32>, o: &mut [f32]) {
-    head_body(h, scores, o)
+unsafe fn heads_avx2(h: &Heads<'_>, hd: usize, scores: &mut Vec<f32>, o: &mut [f32]) {
+    heads_body(h, hd, scores, o)
 }
 
 #[inline(always)]
-fn head_body(h: &Head<'_>, scores: &mut Vec<f32>, o: &mut [f32]) {
-    match h.q.len() {
-        64 => head_fixed::<64>(h, scores, o),
-        128 => head_fixed::<128>(h, scores, o),
-        _ => head_any(h, scores, o),
+fn heads_body(h: &Heads<'_>, hd: usize, scores: &mut Vec<f32>, o: &mut [f32]) {
+    match hd {
+        64 => heads_fixed::<64>(h, scores, o),
+        128 => heads_fixed::<128>(h, scores, o),
+        _ => heads_any(h, hd, scores, o),
     }
 }
 
-/// [`head_any`] for a head size known at compile time: the query and the running weighted sum
-/// live in registers instead of being reloaded and stored for every key.
+/// [`heads_any`] for a head size known at compile time (fixed-size rows vectorize fully).
 #[inline(always)]
-fn head_fixed<const HD: usize>(h: &Head<'_>, scores: &mut Vec<f32>, o: &mut [f32]) {
-    let mut q = [0f32; HD];
-    q.copy_from_slice(h.q);
+fn heads_fixed<const HD: usize>(h: &Heads<'_>, scores: &mut Vec<f32>, o: &mut [f32]) {
+    let (g, n) = (h.q.len() / HD, h.n_keys);
     scores.clear();
-    for p in 0..h.n_keys {
+    scores.resize(g * n, 0.0);
+    for p in 0..n {
         let kp: &[f32; HD] = h.k[p * h.kv_dim + h.offset..][..HD].try_into().unwrap_or(&[0.0; HD]);
-        scores.push(dot8(&q, kp) * h.scale);
-    }
-    softmax(scores);
-    let mut acc = [0f32; HD];
-    for (p, &w) in scores.iter().enumerate() {
-        let vp: &[f32; HD] = h.v[p * h.kv_dim + h.offset..][..HD].try_into().unwrap_or(&[0.0; HD]);
-        for i in 0..HD {
-            acc[i] += w * vp[i];
+        for (j, qj) in h.q.chunks_exact(HD).enumerate() {
+            scores[j * n + p] = dot8(qj, kp) * h.scale;
         }
     }
-    o.copy_from_slice(&acc);
+    for row in scores.chunks_exact_mut(n) {
+        softmax(row);
+    }
+    o.fill(0.0);
+    for p in 0..n {
+        let vp: &[f32; HD] = h.v[p * h.kv_dim + h.offset..][..HD].try_into().unwrap_or(&[0.0; HD]);
+        for (j, oj) in o.chunks_exact_mut(HD).enumerate() {
+            let w = scores[j * n + p];
+            for i in 0..HD {
+                oj[i] += w * vp[i];
+            }
+        }
+    }
 }
 
 #[inline(always)]
-fn head_any(h: &Head<'_>, scores: &mut Vec<f32>, o: &mut [f32]) {
-    let hd = h.q.len();
+fn heads_any(h: &Heads<'_>, hd: usize, scores: &mut Vec<f32>, o: &mut [f32]) {
+    let (g, n) = (h.q.len() / hd, h.n_keys);
     scores.clear();
-    for p in 0..h.n_keys {
+    scores.resize(g * n, 0.0);
+    for p in 0..n {
         let kp = &h.k[p * h.kv_dim + h.offset..][..hd];
-        scores.push(dot8(h.q, kp) * h.scale);
+        for (j, qj) in h.q.chunks_exact(hd).enumerate() {
+            scores[j * n + p] = dot8(qj, kp) * h.scale;
+        }
     }
-    softmax(scores);
+    for row in scores.chunks_exact_mut(n) {
+        softmax(row);
+    }
     o.fill(0.0);
-    for (p, &w) in scores.iter().enumerate() {
+    for p in 0..n {
         let vp = &h.v[p * h.kv_dim + h.offset..][..hd];
-        for (oi, vi) in o.iter_mut().zip(vp) {
-            *oi += w * vi;
+        for (j, oj) in o.chunks_exact_mut(hd).enumerate() {
+            let w = scores[j * n + p];
+            for (oi, vi) in oj.iter_mut().zip(vp) {
+                *oi += w * vi;
+            }
         }
     }
 }
