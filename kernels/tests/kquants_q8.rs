@@ -10,6 +10,9 @@
 //! - the dot approximates the exact f32 dot with the original activations within the error that
 //!   rounding them to 8 bits allows.
 
+#[path = "common/rows.rs"]
+mod rows;
+
 use ember_kernels::quant::q8::{quantize_q8, Q8Acts, Q8Ref, Q8_BLOCK};
 use ember_kernels::quant::{DType, RowKernels, QK_K};
 use ember_kernels::reference::{dequantize_ref, dot_ref};
@@ -43,31 +46,7 @@ const KQUANTS: [DType; 5] = [DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K,
 // Test data
 // ---------------------------------------------------------------------------------------------
 
-/// Byte offsets of the f16 fields of a super-block (ggml-common.h), `d` first, then `dmin` where
-/// the format has one; written independently of the kernels.
-fn f16_fields(dtype: DType) -> &'static [usize] {
-    match dtype {
-        DType::Q2_K => &[80, 82],
-        DType::Q3_K => &[108],
-        DType::Q4_K | DType::Q5_K => &[0, 2],
-        DType::Q6_K => &[208],
-        other => panic!("{other} is not a k-quant"),
-    }
-}
-
-/// A row of `blocks` super-blocks: random bytes, with `d` (and `dmin`) finite and uniform in
-/// ±0.05 (random bits there could be inf or NaN).
-fn random_row(dtype: DType, blocks: usize, rng: &mut StdRng) -> Vec<u8> {
-    let bb = dtype.block_bytes();
-    let mut bytes: Vec<u8> = (0..blocks * bb).map(|_| rng.gen()).collect();
-    for block in bytes.chunks_exact_mut(bb) {
-        for &off in f16_fields(dtype) {
-            let scale = f16::from_f32(rng.gen_range(-0.05f32..0.05));
-            block[off..off + 2].copy_from_slice(&scale.to_le_bytes());
-        }
-    }
-    bytes
-}
+use rows::{f16_fields, random_row};
 
 fn quantize(x: &[f32]) -> Q8Acts {
     let mut acts = Q8Acts::default();

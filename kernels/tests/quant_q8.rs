@@ -11,6 +11,9 @@
 //! Rows are random bytes with finite f16 scales in ±0.05 (as in `tests/quant.rs`), 1..=16 blocks,
 //! read from an odd address; activations are uniform in ±3 with some blocks scaled by 1e-3 or 0.
 
+#[path = "common/rows.rs"]
+mod rows;
+
 use ember_kernels::quant::q8::{
     quantize_q8, quantize_q8_rows, quantize_q8_variants, DotQ8, Q8Acts, Q8Ref,
 };
@@ -69,29 +72,7 @@ fn f16_at(b: &[u8], off: usize) -> f64 {
     f16::from_le_bytes([b[off], b[off + 1]]).to_f64()
 }
 
-/// `blocks` random blocks of `dtype`: random bytes, finite scales uniform in ±0.05.
-fn random_row(dtype: DType, blocks: usize, rng: &mut StdRng) -> Vec<u8> {
-    let bb = dtype.block_bytes();
-    let mut bytes: Vec<u8> = (0..blocks * bb).map(|_| rng.gen()).collect();
-    let (d, m) = scale_fields(dtype);
-    for block in bytes.chunks_exact_mut(bb) {
-        for off in std::iter::once(d).chain(m) {
-            let scale = f16::from_f32(rng.gen_range(-0.05f32..0.05));
-            block[off..off + 2].copy_from_slice(&scale.to_le_bytes());
-        }
-    }
-    bytes
-}
-
-/// `n` activations uniform in ±3, each block of 32 scaled by 1 (mostly), 1e-3 or 0.
-fn random_x(n: usize, rng: &mut StdRng) -> Vec<f32> {
-    let mut x = Vec::with_capacity(n);
-    for _ in 0..n / 32 {
-        let scale = [1.0, 1.0, 1.0, 1e-3, 0.0][rng.gen_range(0..5)];
-        x.extend((0..32).map(|_| scale * rng.gen_range(-3.0f32..3.0)));
-    }
-    x
-}
+use rows::{random_row, random_x};
 
 /// A copy of `row` that starts at an odd address, as rows of a memory-mapped file may.
 fn unaligned(row: &[u8]) -> (Vec<u8>, usize) {
