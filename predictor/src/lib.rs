@@ -1,2 +1,9 @@
-//! Ember's activation-sparsity pipeline (profiler, threshold calibration, hot-set ranking,
-//! predictor training). Its work is tracked by the sparsity issue; nothing here yet.
+//! Ember's activation-sparsity pipeline: the statistics the profiler gathers while the model
+//! runs over a calibration corpus ([`stats`]), the versioned profile file ([`profile`]), and the
+//! per-layer low-rank activation predictors ([`lowrank`]). Nothing here runs a model: the engine
+//! drives the model and feeds these types.
+
+pub mod error;
+pub mod lowrank;
+
+pub use error::{PredictorError, Result};
