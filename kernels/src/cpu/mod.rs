@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod matmul;
 pub mod ops;
+pub mod sparse;
 
 pub use attention::{attention, AttnShape};
 pub use matmul::{matmul, matmul_group, matvec, needs_q8, Input, Product};

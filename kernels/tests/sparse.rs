@@ -1,0 +1,136 @@
+//! The sparse FFN products against the naive reference (the dequantized weights in f64):
+//! `matvec_rows` for every format and subsets of rows (empty, scattered, all), `axpy_rows` over
+//! the transposed 8-bit copy for every format, many subset sizes (across the four-row groups and
+//! the task split) and output sizes that are not a multiple of 32.
+//!
+//! Tolerances: `matvec_rows` as the dense products (`tests/matmul.rs`): the 8-bit input's
+//! rounding, `Σ_j |w_j|·d_a(j)/2`, plus float-order slack. `axpy_rows` reads weights requantized
+//! to 8 bits per block of 32 outputs (`d_w = max|w|/127`, error ≤ `d_w/2` per weight), so
+//! `|got − want| ≤ Σ_k |c_k|·d_w(k, block)/2` plus the float-order slack.
+
+#[path = "common/rows.rs"]
+mod rows;
+
+use ember_kernels::cpu::sparse::{axpy_rows, matvec_rows, AxpyScratch, ColumnMajor, RowsProduct};
+use ember_kernels::cpu::{needs_q8, Input};
+use ember_kernels::quant::q8::{quantize_q8, Q8Acts};
+use ember_kernels::quant::DType;
+use ember_kernels::reference::dequantize_ref;
+use ember_kernels::MatRef;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const FLOAT_ORDER_TOL: f64 = 1e-5;
+
+fn random_mat(dtype: DType, rows: usize, blocks: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let data: Vec<u8> = (0..rows).flat_map(|_| rows::random_row(dtype, blocks, &mut rng)).collect();
+    let w = dequantize_ref(dtype, &data);
+    (data, w)
+}
+
+/// A sorted random subset of `0..n` holding about `fraction` of it.
+fn subset(n: usize, fraction: f64, rng: &mut StdRng) -> Vec<u32> {
+    (0..n as u32).filter(|_| rng.gen_bool(fraction)).collect()
+}
+
+#[test]
+fn matvec_rows_matches_reference_for_every_format() {
+    for (k, dtype) in DType::ALL.into_iter().enumerate() {
+        let blocks = if dtype.block_len() == 256 { 2 } else { 8 };
+        let (rows, cols) = (97, blocks * dtype.block_len());
+        let (gate, wg) = random_mat(dtype, rows, blocks, k as u64);
+        let (up, wu) = random_mat(dtype, rows, blocks, 1000 + k as u64);
+        let mut rng = StdRng::seed_from_u64(7 + k as u64);
+        let x = rows::random_x(cols, &mut rng);
+        let mut q8 = Q8Acts::default();
+        quantize_q8(&x, &mut q8);
+        for fraction in [0.0, 0.1, 0.5, 1.0] {
+            let idx = subset(rows, fraction, &mut rng);
+            let (mut og, mut ou) = (vec![f32::NAN; idx.len()], vec![f32::NAN; idx.len()]);
+            let mg = MatRef::new(dtype, rows, cols, &gate).unwrap();
+            let mu = MatRef::new(dtype, rows, cols, &up).unwrap();
+            let mut group = [RowsProduct { w: mg, out: &mut og }, RowsProduct { w: mu, out: &mut ou }];
+            matvec_rows(&mut group, &idx, Input { x: &x, q8: Some(&q8), n_tokens: 1 }).unwrap();
+            let d_a: Vec<f64> = x.chunks(32).map(|b| b.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64)) / 127.0).collect();
+            for (w, out) in [(&wg, &og), (&wu, &ou)] {
+                for (o, &r) in out.iter().zip(&idx) {
+                    let wr = &w[r as usize * cols..][..cols];
+                    let want: f64 = wr.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let mut tol = FLOAT_ORDER_TOL * wr.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>();
+                    if needs_q8(&mg) {
+                        tol += wr.iter().enumerate().map(|(j, &a)| a.abs() as f64 * d_a[j / 32] * (0.5 + 1e-4)).sum::<f64>();
+                    }
+                    assert!((*o as f64 - want).abs() <= tol + 1e-6, "{dtype} row {r}: got {o}, reference {want}, tol {tol:e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn axpy_rows_matches_reference_for_every_format() {
+    for (k, dtype) in DType::ALL.into_iter().enumerate() {
+        // W is (outputs, inputs) like `down`: outputs not a multiple of 32, inputs many blocks.
+        let blocks = if dtype.block_len() == 256 { 2 } else { 12 };
+        let (outputs, inputs) = (45, blocks * dtype.block_len());
+        let (data, w) = random_mat(dtype, outputs, blocks, 50 + k as u64);
+        let m = ColumnMajor::from_mat(MatRef::new(dtype, outputs, inputs, &data).unwrap()).unwrap();
+        let mut rng = StdRng::seed_from_u64(k as u64);
+        let mut scratch = AxpyScratch::default();
+        for fraction in [0.0, 0.01, 0.3, 1.0] {
+            let idx = subset(inputs, fraction, &mut rng);
+            let coef = rows::random_x(idx.len(), &mut rng);
+            let mut out = vec![f32::NAN; outputs];
+            axpy_rows(&m, &idx, &coef, &mut out, &mut scratch).unwrap();
+            for (o, got) in out.iter().enumerate() {
+                let terms = idx.iter().zip(&coef).map(|(&j, &c)| (c as f64, w[o * inputs + j as usize] as f64));
+                let want: f64 = terms.clone().map(|(c, v)| c * v).sum();
+                let block = (o / 32) * 32..((o / 32 + 1) * 32).min(outputs);
+                let tol: f64 = idx
+                    .iter()
+                    .zip(&coef)
+                    .map(|(&j, &c)| {
+                        let d_w = block.clone().map(|r| w[r * inputs + j as usize].abs() as f64).fold(0.0, f64::max) / 127.0;
+                        (c as f64).abs() * d_w * (0.5 + 1e-4)
+                    })
+                    .sum::<f64>()
+                    + FLOAT_ORDER_TOL * terms.map(|(c, v)| (c * v).abs()).sum::<f64>();
+                let got = *got as f64;
+                assert!((got - want).abs() <= tol + 1e-6, "{dtype} output {o}, {} rows: got {got}, reference {want}, tol {tol:e}", idx.len());
+            }
+        }
+    }
+}
+
+#[test]
+fn column_major_rows_are_the_columns() {
+    let (data, w) = random_mat(DType::Q4_1, 40, 4, 3);
+    let m = ColumnMajor::from_mat(MatRef::new(DType::Q4_1, 40, 128, &data).unwrap()).unwrap();
+    let mut row = vec![0.0; 40];
+    for j in [0, 17, 127] {
+        m.row_f32(j, &mut row);
+        for (o, v) in row.iter().enumerate() {
+            let want = w[o * 128 + j];
+            let d_w = (0..32).map(|r| w[((o / 32) * 32 + r).min(39) * 128 + j].abs()).fold(0.0, f32::max) / 127.0;
+            assert!((v - want).abs() <= d_w * 0.5001 + 1e-7, "column {j} output {o}: {v} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn shape_mismatches_are_errors() {
+    let (data, _) = random_mat(DType::Q8_0, 8, 2, 0);
+    let w = MatRef::new(DType::Q8_0, 8, 64, &data).unwrap();
+    let m = ColumnMajor::from_mat(w).unwrap();
+    let mut scratch = AxpyScratch::default();
+    let mut out = vec![0.0; 8];
+    assert!(axpy_rows(&m, &[64], &[1.0], &mut out, &mut scratch).is_err(), "index past the inputs");
+    assert!(axpy_rows(&m, &[1, 2], &[1.0], &mut out, &mut scratch).is_err(), "fewer coefficients");
+    assert!(axpy_rows(&m, &[1], &[1.0], &mut out[..7], &mut scratch).is_err(), "short output");
+    let x = vec![0.5; 64];
+    let mut o = vec![0.0; 2];
+    let input = Input { x: &x, q8: None, n_tokens: 1 };
+    assert!(matvec_rows(&mut [RowsProduct { w, out: &mut o }], &[1, 8], input).is_err(), "row past the matrix");
+    assert!(matvec_rows(&mut [RowsProduct { w, out: &mut o[..1] }], &[1, 2], input).is_err(), "short output");
+}
