@@ -21,6 +21,9 @@ pub struct EngineOptions {
     /// (one thread per core). Each engine with `Some` owns its pool, so several engines in one
     /// daemon do not fight over the same threads.
     pub threads: Option<usize>,
+    /// FFN activation sparsity: the profile and the setting (dense when no profile is given
+    /// or found beside the model).
+    pub sparsity: crate::sparsity::SparsityOptions,
 }
 
 /// A loaded model: weights (memory-mapped), tokenizer, chat template. `Engine` is `Send + Sync`;
@@ -44,7 +47,10 @@ impl Engine {
     /// names the file and the field.
     pub fn open(path: &Path, options: &EngineOptions) -> Result<Engine> {
         let files = loader::open(path)?;
-        let model = Model::load(&files.config, &files.weights)?;
+        let mut model = Model::load(&files.config, &files.weights)?;
+        if let Some((profile, profile_path, criterion, sparsity)) = crate::sparsity::resolve(&files.path, &files.config, &options.sparsity)? {
+            model.sparse = Some(crate::sparsity::build(&profile, profile_path, criterion, sparsity, &model.down_mats())?);
+        }
         if files.tokenizer.vocab_size() > files.config.vocab_size {
             return Err(EngineError::Config {
                 path: path.to_path_buf(),
@@ -97,6 +103,23 @@ impl Engine {
     /// One forward pass on this engine's threads (see [`Model::forward`]).
     pub fn forward<'c>(&self, tokens: &[u32], cache: &'c mut crate::kv_cache::KvCache, want: crate::model::Logits) -> Result<&'c [f32]> {
         self.install(move || self.model.forward(tokens, cache, want))
+    }
+
+    /// Switches the FFN sparsity setting (`Criterion::Dense` or sparsity 0 turns it off); the
+    /// profile must be this model's.
+    pub fn set_sparsity(&mut self, profile: &crate::sparsity::Profile, profile_path: &Path, criterion: crate::sparsity::Criterion, sparsity: f32) -> Result<()> {
+        use crate::sparsity::Criterion;
+        profile
+            .check_model(profile_path, &crate::sparsity::model_shape(&self.path, &self.model.config))
+            .map_err(|e| EngineError::Param { name: "profile", problem: e.to_string() })?;
+        if criterion == Criterion::Dense || (sparsity <= 0.0 && criterion != Criterion::Predictor) {
+            self.model.sparse = None;
+            return Ok(());
+        }
+        let downs = self.model.down_mats();
+        let built = self.install(|| crate::sparsity::build(profile, profile_path.to_path_buf(), criterion, sparsity, &downs))?;
+        self.model.sparse = Some(built);
+        Ok(())
     }
 
     /// Compute threads the forward pass uses.

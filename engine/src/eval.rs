@@ -34,6 +34,8 @@ pub struct PerplexityResult {
     pub windows: usize,
     /// Mean negative log-likelihood (nats).
     pub nll: f64,
+    /// FFN neurons kept while scoring (all of them when dense).
+    pub sparsity: crate::sparsity::SparsityStats,
 }
 
 /// Scores `text`; `progress(done, total)` is called after each window.
@@ -85,7 +87,14 @@ pub fn perplexity_of_tokens(
         progress(w + 1, n_windows);
     }
     let mean = nll / scored as f64;
-    Ok(PerplexityResult { ppl: mean.exp(), top1: correct as f64 / scored as f64, tokens: scored, windows: n_windows, nll: mean })
+    Ok(PerplexityResult {
+        ppl: mean.exp(),
+        top1: correct as f64 / scored as f64,
+        tokens: scored,
+        windows: n_windows,
+        nll: mean,
+        sparsity: cache.take_sparsity_stats(),
+    })
 }
 
 /// log softmax(row)[target] in f64, and the arg-max.

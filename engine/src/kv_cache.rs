@@ -78,6 +78,17 @@ impl KvCache {
         self.len += n;
     }
 
+    /// FFN neurons kept and evaluated since the cache was made or the stats last taken (the
+    /// sparsity achieved).
+    pub fn sparsity_stats(&self) -> crate::sparsity::SparsityStats {
+        self.scratch.stats
+    }
+
+    /// Returns the stats and starts counting afresh.
+    pub fn take_sparsity_stats(&mut self) -> crate::sparsity::SparsityStats {
+        std::mem::take(&mut self.scratch.stats)
+    }
+
     /// Bytes held by the cache now.
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(|l| (l.k.capacity() + l.v.capacity()) * 4).sum()

@@ -5,5 +5,8 @@
 
 pub mod error;
 pub mod lowrank;
+pub mod profile;
+pub mod stats;
 
 pub use error::{PredictorError, Result};
+pub use profile::{Criterion, Profile};

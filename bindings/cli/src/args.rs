@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use ember_engine::generate::{GenerationParams, Overflow};
 use ember_engine::sampling::{Penalties, SamplingParams, Strategy};
+use ember_engine::sparsity::{Criterion, SparsityOptions};
 use ember_engine::{Engine, EngineOptions};
 
 #[derive(Args, Clone, Debug)]
@@ -20,6 +21,27 @@ pub struct ModelArgs {
     /// Compute threads (default: all cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub sparse: SparseArgs,
+}
+
+/// FFN activation sparsity.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SparseArgs {
+    /// Sparsity profile made by `ember profile` (default: `<model>.profile.safetensors` beside
+    /// the model, when present).
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// FFN sparsity overriding the profile's default (0 = dense).
+    #[arg(long)]
+    pub sparsity: Option<f32>,
+    /// Sparsity criterion overriding the profile's default: ffn_magnitude | predictor | dense.
+    #[arg(long, value_parser = parse_criterion)]
+    pub criterion: Option<Criterion>,
+}
+
+fn parse_criterion(s: &str) -> std::result::Result<Criterion, String> {
+    Criterion::parse(s).ok_or_else(|| format!("unknown criterion `{s}` (ffn_magnitude, predictor, dense)"))
 }
 
 impl ModelArgs {
@@ -29,8 +51,15 @@ impl ModelArgs {
         }
         let path: PathBuf = ember_engine::hub::resolve_model(self.model.as_deref())?;
         let t0 = std::time::Instant::now();
-        let engine = Engine::open(&path, &EngineOptions { ctx: self.ctx, ..Default::default() })?;
+        let sp = &self.sparse;
+        let sparsity = SparsityOptions { profile: sp.profile.clone(), sparsity: sp.sparsity, criterion: sp.criterion };
+        let engine = Engine::open(&path, &EngineOptions { ctx: self.ctx, sparsity, ..Default::default() })?;
         log::info(&format!("loaded {} in {:.2?}", path.display(), t0.elapsed()));
+        match engine.model.sparsity() {
+            Some(s) => log::info(&format!("sparse FFN: {}", s.describe())),
+            None if self.sparse.profile.is_some() => log::info("sparse FFN: the profile's default is dense"),
+            None => {}
+        }
         Ok(engine)
     }
 }

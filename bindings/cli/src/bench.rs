@@ -16,7 +16,8 @@ use ember_engine::model::Logits;
 use ember_engine::sampling::{Sampler, SamplingParams};
 use ember_engine::Engine;
 
-use crate::args::{log, ModelArgs};
+use ember_engine::sparsity::SparsityStats;
+use crate::args::{log, ModelArgs, SparseArgs};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -41,12 +42,15 @@ pub struct BenchArgs {
     /// Print one JSON line instead of the table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub sparse: SparseArgs,
 }
 
 /// Seconds spent in each phase of one repetition (`None`: phase skipped).
 struct Rep {
     prefill_s: Option<f64>,
     decode_s: Option<f64>,
+    decode_sparsity: SparsityStats,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -56,7 +60,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.prompt + a.gen == 0 {
         bail!("nothing to measure: both -p and -n are 0");
     }
-    let model_args = ModelArgs { model: a.model.clone(), ctx: Some(a.prompt + a.gen + 1), threads: a.threads };
+    let model_args = ModelArgs { model: a.model.clone(), ctx: Some(a.prompt + a.gen + 1), threads: a.threads, sparse: a.sparse.clone() };
     let engine = model_args.open()?;
     let vocab = engine.tokenizer.vocab_size().min(engine.config().vocab_size).max(1);
     let prompt = prompt_ids(a.seed, a.prompt, vocab);
@@ -74,6 +78,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
     let prefill = Stats::of(reps.iter().filter_map(|r| r.prefill_s).map(|s| a.prompt as f64 / s));
     let decode = Stats::of(reps.iter().filter_map(|r| r.decode_s).map(|s| a.gen as f64 / s));
+    let mut sparsity = SparsityStats::default();
+    reps.iter().for_each(|r| sparsity.add(&r.decode_sparsity));
     let report = Report {
         model: model_name(&engine),
         size_bytes: engine.tensor_bytes.iter().map(|(_, b)| b).sum(),
@@ -83,6 +89,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         prefill,
         decode,
         peak_rss: peak_rss_bytes(),
+        sparsity: engine.model.sparsity().map(|_| sparsity),
     };
     if a.json {
         println!("{}", report.json(&a));
@@ -106,6 +113,7 @@ fn one_rep(engine: &Engine, prompt: &[u32], first: u32, gen: usize) -> Result<Re
         let logits = engine.forward(prompt, &mut cache, Logits::Last)?;
         next = sampler.sample(&logits, &history);
         prefill_s = Some(t0.elapsed().as_secs_f64());
+        cache.take_sparsity_stats(); // decode's are reported
     }
 
     let mut decode_s = None;
@@ -118,7 +126,7 @@ fn one_rep(engine: &Engine, prompt: &[u32], first: u32, gen: usize) -> Result<Re
         }
         decode_s = Some(t0.elapsed().as_secs_f64());
     }
-    Ok(Rep { prefill_s, decode_s })
+    Ok(Rep { prefill_s, decode_s, decode_sparsity: cache.take_sparsity_stats() })
 }
 
 /// `n` pseudo-random ids in `0..vocab` from splitmix64 (deterministic; easy to reproduce in
@@ -180,6 +188,8 @@ struct Report {
     prefill: Option<Stats>,
     decode: Option<Stats>,
     peak_rss: Option<u64>,
+    /// Decode's FFN sparsity, when a sparse setting is in use.
+    sparsity: Option<SparsityStats>,
 }
 
 impl Report {
@@ -192,6 +202,8 @@ impl Report {
             "prefill_sd": sd(self.prefill),
             "decode_sd": sd(self.decode),
             "peak_rss_bytes": self.peak_rss,
+            "sparsity": self.sparsity.map(|s| s.sparsity()),
+            "gate_up_fraction": self.sparsity.map(|s| s.gate_up_fraction()),
             "model": self.model,
             "size_bytes": self.size_bytes,
             "weight_bytes_per_token": self.weight_bytes_per_token,
@@ -223,10 +235,17 @@ impl Report {
         };
         println!();
         println!(
-            "reps {} (+1 warm-up); weights read per token {:.1} MiB; peak RSS {rss}",
+            "reps {} (+1 warm-up); weights read per token {:.1} MiB (dense); peak RSS {rss}",
             a.reps,
             self.weight_bytes_per_token as f64 / (1024.0 * 1024.0)
         );
+        if let Some(s) = self.sparsity {
+            println!(
+                "decode FFN sparsity {:.1}% (gate/up rows computed {:.1}%)",
+                s.sparsity() * 100.0,
+                s.gate_up_fraction() * 100.0
+            );
+        }
     }
 }
 

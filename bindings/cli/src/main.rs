@@ -7,6 +7,7 @@ mod bench;
 mod chat;
 mod info;
 mod perplexity;
+mod profile;
 mod run;
 mod serve;
 
@@ -29,6 +30,8 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Perplexity and top-1 accuracy of the model on a text file.
     Perplexity(perplexity::PerplexityArgs),
+    /// Profile FFN activations on a corpus: sparsity thresholds, neuron hotness, predictors.
+    Profile(profile::ProfileArgs),
     /// Architecture, sizes, formats and bytes by tensor kind.
     Info(info::InfoArgs),
     /// Download a known model (default: the default model) into the cache.
@@ -46,6 +49,7 @@ fn main() {
         Command::Chat(a) => chat::run(a),
         Command::Batch(a) => batch::run(a),
         Command::Perplexity(a) => perplexity::run(a),
+        Command::Profile(a) => profile::run(a),
         Command::Info(a) => info::run(a),
         Command::Pull(a) => info::pull(a),
         Command::Bench(a) => bench::run(a),

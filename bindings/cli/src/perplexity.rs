@@ -19,7 +19,7 @@ pub struct PerplexityArgs {
     /// Score at most this many windows.
     #[arg(long)]
     pub windows: Option<usize>,
-    /// Print one JSON line: {"ppl":…, "top1":…, "tokens":…}.
+    /// Print one JSON line: {"ppl":…, "top1":…, "tokens":…, "windows":…, "sparsity":…}.
     #[arg(long)]
     pub json: bool,
 }
@@ -40,10 +40,21 @@ pub fn run(mut a: PerplexityArgs) -> Result<()> {
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
+    let sparsity = r.sparsity.sparsity();
     if a.json {
-        println!("{}", serde_json::json!({"ppl": r.ppl, "top1": r.top1, "tokens": r.tokens, "windows": r.windows}));
+        let j = serde_json::json!({"ppl": r.ppl, "top1": r.top1, "tokens": r.tokens, "windows": r.windows,
+            "sparsity": sparsity, "gate_up_fraction": r.sparsity.gate_up_fraction()});
+        println!("{j}");
     } else {
-        println!("perplexity {:.4}  top-1 accuracy {:.4}  ({} predictions in {} windows of {window}, {:.1?})", r.ppl, r.top1, r.tokens, r.windows, t0.elapsed());
+        println!(
+            "perplexity {:.4}  top-1 accuracy {:.4}  FFN sparsity {:.1}%  ({} predictions in {} windows of {window}, {:.1?})",
+            r.ppl,
+            r.top1,
+            sparsity * 100.0,
+            r.tokens,
+            r.windows,
+            t0.elapsed()
+        );
     }
     Ok(())
 }

@@ -5,14 +5,18 @@
 //! A block is: norm → attention → add → norm → FFN → add. Qwen2 differs only by the biases on
 //! Q, K and V; ReLU models only by the FFN activation.
 
+mod ffn;
 mod rope;
+
+pub use ffn::FfnObserver;
 
 use ember_kernels::cpu::{matmul_group, needs_q8, ops, Input, Product};
 use ember_kernels::quant::q8::{quantize_q8_rows, Q8Acts};
 
-use crate::config::{Activation, ModelConfig};
+use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
+use crate::sparsity::{SparseFfn, SparsityStats};
 use crate::weights::{Weight, WeightStore};
 use ember_kernels::cpu::{attention, AttnShape};
 use rope::Rope;
@@ -48,6 +52,8 @@ pub struct Model {
     output_norm: Vec<f32>,  // (dim)
     output: Weight,         // (vocab, dim); the embedding itself when tied
     rope: Rope,
+    /// The FFN sparsity setting, when one is in use.
+    pub(crate) sparse: Option<SparseFfn>,
 }
 
 impl Model {
@@ -98,6 +104,7 @@ impl Model {
             output_norm: vec("output_norm.weight", dim)?,
             output,
             rope: Rope::new(c, freq_factors.as_deref()),
+            sparse: None,
         })
     }
 
@@ -110,6 +117,18 @@ impl Model {
     /// values, and returns the logits asked for (borrowed from the cache's scratch space, so a
     /// decode step allocates nothing once the buffers have grown).
     pub fn forward<'c>(&self, tokens: &[u32], cache: &'c mut KvCache, want: Logits) -> Result<&'c [f32]> {
+        self.forward_observed(tokens, cache, want, None)
+    }
+
+    /// [`Model::forward`], showing each layer's FFN activations to `obs` (which also makes the
+    /// FFN dense for a single token, so the observer sees every neuron).
+    pub fn forward_observed<'c>(
+        &self,
+        tokens: &[u32],
+        cache: &'c mut KvCache,
+        want: Logits,
+        obs: Option<&mut dyn FfnObserver>,
+    ) -> Result<&'c [f32]> {
         if tokens.is_empty() {
             return Err(EngineError::Param { name: "tokens", problem: "forward needs at least one token".into() });
         }
@@ -117,14 +136,14 @@ impl Model {
         let n = tokens.len();
         let mut s = std::mem::take(&mut cache.scratch);
         s.resize(&self.config, n);
-        let result = self.forward_layers(tokens, cache, &mut s).and_then(|()| self.logits(&mut s, n, want));
+        let result = self.forward_layers(tokens, cache, &mut s, obs).and_then(|()| self.logits(&mut s, n, want));
         cache.scratch = s;
         result?;
         cache.advance(n);
         Ok(&cache.scratch.logits)
     }
 
-    fn forward_layers(&self, tokens: &[u32], cache: &mut KvCache, s: &mut Scratch) -> Result<()> {
+    fn forward_layers(&self, tokens: &[u32], cache: &mut KvCache, s: &mut Scratch, mut obs: Option<&mut dyn FfnObserver>) -> Result<()> {
         let eps = self.config.rms_eps;
         self.embed(tokens, &mut s.x)?; // (n, dim)
         for (l, layer) in self.layers.iter().enumerate() {
@@ -132,7 +151,7 @@ impl Model {
             self.attention(l, layer, tokens.len(), cache, s)?; // s.h -> s.attn_out
             ops::add_assign(&mut s.x, &s.attn_out);
             rms_norm_rows(&s.x, &layer.ffn_norm, eps, &mut s.h);
-            self.ffn(layer, tokens.len(), s)?; // s.h -> s.ffn_out
+            self.ffn(l, layer, tokens.len(), s, &mut obs)?; // s.h -> s.ffn_out
             ops::add_assign(&mut s.x, &s.ffn_out);
         }
         Ok(())
@@ -180,23 +199,6 @@ impl Model {
         run_group(&mut [Product { w: layer.wo.mat(), out: &mut s.attn_out }], &s.attn, n, &mut s.attn_q8)
     }
 
-    fn ffn(&self, layer: &Layer, n: usize, s: &mut Scratch) -> Result<()> {
-        let mut group = [
-            Product { w: layer.w_gate.mat(), out: &mut s.gate }, // (n, ffn_dim)
-            Product { w: layer.w_up.mat(), out: &mut s.up },     // (n, ffn_dim)
-        ];
-        run_group(&mut group, &s.h, n, &mut s.h_q8)?;
-        let act = self.config.activation;
-        for (g, u) in s.gate.iter_mut().zip(&s.up) {
-            *g = match act {
-                Activation::Silu => ops::silu(*g),
-                Activation::Relu => g.max(0.0),
-                Activation::Gelu => ops::gelu(*g),
-            } * u
-        }
-        run_group(&mut [Product { w: layer.w_down.mat(), out: &mut s.ffn_out }], &s.gate, n, &mut s.gate_q8)
-    }
-
     fn logits(&self, s: &mut Scratch, n: usize, want: Logits) -> Result<()> {
         let dim = self.config.dim;
         let rows = match want {
@@ -207,6 +209,16 @@ impl Model {
         let m = rows.len();
         s.logits.resize(m * self.config.vocab_size, 0.0);
         run_group(&mut [Product { w: self.output.mat(), out: &mut s.logits }], &s.h[..m * dim], m, &mut s.h_q8)
+    }
+
+    /// Each layer's `down` matrix, `(dim, ffn_dim)`.
+    pub(crate) fn down_mats(&self) -> Vec<ember_kernels::MatRef<'_>> {
+        self.layers.iter().map(|l| l.w_down.mat()).collect()
+    }
+
+    /// The FFN sparsity setting in use.
+    pub fn sparsity(&self) -> Option<&SparseFfn> {
+        self.sparse.as_ref()
     }
 
     /// Bytes of weights the forward pass reads per token (each matrix once; a tied embedding
@@ -255,6 +267,9 @@ pub struct Scratch {
     up: Vec<f32>,       // (n, ffn_dim)
     ffn_out: Vec<f32>,  // (n, dim)
     logits: Vec<f32>,   // (n or 1, vocab)
+    sp: ffn::SparseScratch,
+    /// FFN neurons kept and evaluated since the cache was made (or the stats were taken).
+    pub(crate) stats: SparsityStats,
 }
 
 impl Scratch {

@@ -1,0 +1,176 @@
+//! The FFN of a block, h = act(gate·x) ⊙ (up·x), out = down·h, dense or sparse (see
+//! `crate::sparsity`). Sparse decode follows PowerInfer's and Deja Vu's sparse FFN: only the
+//! kept neurons' rows of gate and up (when a predictor or ReLU's sign tells them in advance)
+//! and their per-neuron `down` rows are read.
+
+use ember_kernels::cpu::sparse::{axpy_rows, matvec_rows, RowsProduct};
+use ember_kernels::cpu::{needs_q8, ops, Input, Product};
+use ember_kernels::quant::q8::quantize_q8;
+use ember_predictor::Criterion;
+
+use super::{run_group, Layer, Model, Scratch};
+use crate::config::Activation;
+use crate::error::Result;
+use crate::sparsity::SparseLayer;
+
+/// Sees each layer's FFN input and intermediate during a forward pass (the profiler).
+pub trait FfnObserver: Send {
+    /// `x`: `(n, dim)` the normed FFN input; `h`: `(n, ffn_dim)` act(gate·x) ⊙ (up·x), before
+    /// any neuron is skipped.
+    fn ffn(&mut self, layer: usize, x: &[f32], h: &[f32]);
+}
+
+impl Model {
+    pub(super) fn ffn(&self, l: usize, layer: &Layer, n: usize, s: &mut Scratch, obs: &mut Option<&mut dyn FfnObserver>) -> Result<()> {
+        let sparse = self.sparse.as_ref().map(|sp| (sp.criterion, &sp.layers[l]));
+        if let (Some((criterion, sl)), 1, None) = (sparse, n, &*obs) {
+            return self.ffn_sparse_token(layer, criterion, sl, s);
+        }
+        let mut group = [
+            Product { w: layer.w_gate.mat(), out: &mut s.gate }, // (n, ffn_dim)
+            Product { w: layer.w_up.mat(), out: &mut s.up },     // (n, ffn_dim)
+        ];
+        run_group(&mut group, &s.h, n, &mut s.h_q8)?;
+        let act = self.config.activation;
+        for (g, u) in s.gate.iter_mut().zip(&s.up) {
+            *g = activate(act, *g) * u;
+        }
+        if let Some(obs) = obs {
+            obs.ffn(l, &s.h, &s.gate);
+        }
+        if let Some((criterion, sl)) = sparse {
+            self.mask_tokens(criterion, sl, n, s);
+        }
+        run_group(&mut [Product { w: layer.w_down.mat(), out: &mut s.ffn_out }], &s.gate, n, &mut s.gate_q8)
+    }
+
+    /// Many tokens: dense products, the skipped neurons of each token zeroed before `down`.
+    fn mask_tokens(&self, criterion: Criterion, sl: &SparseLayer, n: usize, s: &mut Scratch) {
+        let (dim, ffn) = (self.config.dim, self.config.ffn_dim);
+        for t in 0..n {
+            let h = &mut s.gate[t * ffn..(t + 1) * ffn];
+            let mut rows = 2 * ffn as u64;
+            if let (Criterion::Predictor, Some(p)) = (criterion, &sl.predictor) {
+                p.predict(&s.h[t * dim..(t + 1) * dim], &mut s.sp.hidden, &mut s.sp.logits, &mut s.sp.cand);
+                rows = 2 * s.sp.cand.len() as u64;
+                let mut next = s.sp.cand.iter().peekable();
+                for (j, v) in h.iter_mut().enumerate() {
+                    if next.peek().is_some_and(|&&c| c as usize == j) {
+                        next.next();
+                    } else {
+                        *v = 0.0;
+                    }
+                }
+            }
+            let mut kept = 0u64;
+            for v in h.iter_mut() {
+                if v.abs() > sl.threshold {
+                    kept += 1;
+                } else {
+                    *v = 0.0;
+                }
+            }
+            s.stats.kept += kept;
+            s.stats.gate_up_rows += rows;
+            s.stats.total += ffn as u64;
+        }
+    }
+
+    /// One token: candidates from the predictor (or, for ReLU, from gate's sign), then only
+    /// their rows; `down` over the kept neurons' per-neuron rows.
+    fn ffn_sparse_token(&self, layer: &Layer, criterion: Criterion, sl: &SparseLayer, s: &mut Scratch) -> Result<()> {
+        let act = self.config.activation;
+        let ffn = self.config.ffn_dim;
+        let sp = &mut s.sp;
+        sp.idx.clear();
+        sp.coef.clear();
+        let predictor = sl.predictor.as_ref().filter(|_| criterion == Criterion::Predictor);
+        if let Some(p) = predictor {
+            p.predict(&s.h, &mut sp.hidden, &mut sp.logits, &mut sp.cand);
+            self.candidate_rows(layer, s, sl.threshold, false)?;
+        } else if act == Activation::Relu {
+            // Gate first: up and down only where act(gate) is not zero.
+            run_group(&mut [Product { w: layer.w_gate.mat(), out: &mut s.gate }], &s.h, 1, &mut s.h_q8)?;
+            s.sp.cand.clear();
+            s.sp.cand.extend(s.gate.iter().enumerate().filter(|(_, g)| **g > 0.0).map(|(j, _)| j as u32));
+            self.candidate_rows(layer, s, sl.threshold, true)?;
+        } else {
+            let mut group = [
+                Product { w: layer.w_gate.mat(), out: &mut s.gate },
+                Product { w: layer.w_up.mat(), out: &mut s.up },
+            ];
+            run_group(&mut group, &s.h, 1, &mut s.h_q8)?;
+            for (j, (g, u)) in s.gate.iter().zip(&s.up).enumerate() {
+                let h = activate(act, *g) * u;
+                if h.abs() > sl.threshold {
+                    s.sp.idx.push(j as u32);
+                    s.sp.coef.push(h);
+                }
+            }
+        }
+        s.stats.kept += s.sp.idx.len() as u64;
+        s.stats.gate_up_rows += match (predictor, act) {
+            (Some(_), _) => 2 * s.sp.cand.len() as u64,
+            (None, Activation::Relu) => (ffn + s.sp.cand.len()) as u64,
+            (None, _) => 2 * ffn as u64,
+        };
+        s.stats.total += ffn as u64;
+        axpy_rows(&sl.down_t, &s.sp.idx, &s.sp.coef, &mut s.ffn_out, &mut s.sp.axpy)?;
+        Ok(())
+    }
+
+    /// h over the candidate neurons `s.sp.cand`: their rows of up, and of gate unless
+    /// `gate_done` (then `s.gate` holds the whole gate and `s.h_q8` the quantized input); kept
+    /// where |h| > `threshold`.
+    fn candidate_rows(&self, layer: &Layer, s: &mut Scratch, threshold: f32, gate_done: bool) -> Result<()> {
+        let act = self.config.activation;
+        let sp = &mut s.sp;
+        let c = sp.cand.len();
+        sp.cg.resize(c, 0.0);
+        sp.cu.resize(c, 0.0);
+        let (wg, wu) = (layer.w_gate.mat(), layer.w_up.mat());
+        let quantize = needs_q8(&wg) || needs_q8(&wu);
+        if quantize && !gate_done {
+            quantize_q8(&s.h, &mut s.h_q8);
+        }
+        let input = Input { x: &s.h, q8: quantize.then_some(&s.h_q8), n_tokens: 1 };
+        if gate_done {
+            matvec_rows(&mut [RowsProduct { w: wu, out: &mut sp.cu }], &sp.cand, input)?;
+            for (g, &j) in sp.cg.iter_mut().zip(&sp.cand) {
+                *g = s.gate[j as usize];
+            }
+        } else {
+            let mut group = [RowsProduct { w: wg, out: &mut sp.cg }, RowsProduct { w: wu, out: &mut sp.cu }];
+            matvec_rows(&mut group, &sp.cand, input)?;
+        }
+        for ((&j, g), u) in sp.cand.iter().zip(&sp.cg).zip(&sp.cu) {
+            let h = activate(act, *g) * u;
+            if h.abs() > threshold {
+                sp.idx.push(j);
+                sp.coef.push(h);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn activate(act: Activation, g: f32) -> f32 {
+    match act {
+        Activation::Silu => ops::silu(g),
+        Activation::Relu => g.max(0.0),
+        Activation::Gelu => ops::gelu(g),
+    }
+}
+
+/// Buffers of the sparse FFN, kept with the sequence so decoding allocates nothing.
+#[derive(Default)]
+pub struct SparseScratch {
+    pub(super) cand: Vec<u32>,   // candidate neurons (predicted, or gate > 0)
+    pub(super) cg: Vec<f32>,     // (cand) gate rows
+    pub(super) cu: Vec<f32>,     // (cand) up rows
+    pub(super) idx: Vec<u32>,    // kept neurons
+    pub(super) coef: Vec<f32>,   // (idx) their h
+    pub(super) hidden: Vec<f32>, // (rank) predictor scratch
+    pub(super) logits: Vec<f32>, // (ffn_dim) predictor scratch
+    pub(super) axpy: ember_kernels::cpu::sparse::AxpyScratch,
+}

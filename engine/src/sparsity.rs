@@ -1,0 +1,172 @@
+//! Activation sparsity in the FFN: which neurons a token skips, from a profile made by `ember
+//! profile` (see `ember_predictor::profile`).
+//!
+//! A setting is a [`Criterion`] and a target sparsity. The profile gives each layer its |h|
+//! threshold for that sparsity (calibrated on a corpus, as CATS does for the gate and TEAL for
+//! inputs; here on h = act(gate·x) ⊙ (up·x), which loses far less) and, for
+//! [`Criterion::Predictor`], a trained low-rank predictor. Building a setting makes the
+//! per-neuron copy of each layer's `down` (one contiguous row per neuron) the sparse decode step
+//! reads; prefill keeps the dense products and zeroes the skipped neurons, which gives the same
+//! result.
+
+use std::path::{Path, PathBuf};
+
+use ember_kernels::cpu::sparse::ColumnMajor;
+use ember_predictor::lowrank::LowRankPredictor;
+use ember_predictor::profile::ModelShape;
+pub use ember_predictor::{Criterion, Profile};
+use rayon::prelude::*;
+
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+
+/// What a user asks for (`--profile`, `--sparsity`, `--criterion`).
+#[derive(Clone, Debug, Default)]
+pub struct SparsityOptions {
+    /// The profile; `None` looks for `<model stem>.profile.safetensors` beside the model.
+    pub profile: Option<PathBuf>,
+    /// Target sparsity overriding the profile's default; `Some(0.0)` runs dense.
+    pub sparsity: Option<f32>,
+    /// Criterion overriding the profile's default.
+    pub criterion: Option<Criterion>,
+}
+
+/// A sparsity setting ready to run.
+pub struct SparseFfn {
+    pub criterion: Criterion,
+    pub sparsity: f32,
+    pub profile_path: PathBuf,
+    pub(crate) layers: Vec<SparseLayer>,
+}
+
+pub(crate) struct SparseLayer {
+    /// h is kept where |h| > threshold.
+    pub threshold: f32,
+    pub down_t: ColumnMajor, // (ffn_dim rows of dim): neuron j's down column
+    pub predictor: Option<LowRankPredictor>,
+}
+
+impl SparseFfn {
+    /// One line for logs: criterion, sparsity, profile.
+    pub fn describe(&self) -> String {
+        format!("{} at {:.0}% ({})", self.criterion.name(), self.sparsity * 100.0, self.profile_path.display())
+    }
+
+    /// Extra bytes the setting holds (the per-neuron `down` copies and the predictors).
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.down_t.bytes() + l.predictor.as_ref().map_or(0, |p| p.bytes())).sum()
+    }
+}
+
+/// The shape a profile of this model records.
+pub fn model_shape(path: &Path, c: &ModelConfig) -> ModelShape {
+    ModelShape {
+        name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        arch: format!("{:?}", c.arch).to_lowercase(),
+        n_layers: c.n_layers,
+        dim: c.dim,
+        ffn_dim: c.ffn_dim,
+        activation: format!("{:?}", c.activation).to_lowercase(),
+    }
+}
+
+/// Reads the profile `options` name (or the one beside `model_path`) and picks the setting:
+/// `None` when there is no profile and none was asked for, or when the setting is dense.
+pub fn resolve(model_path: &Path, config: &ModelConfig, options: &SparsityOptions) -> Result<Option<(Profile, PathBuf, Criterion, f32)>> {
+    let (path, explicit) = match &options.profile {
+        Some(p) => (p.clone(), true),
+        None => (Profile::beside(model_path), false),
+    };
+    if !explicit && !path.is_file() {
+        return match options.sparsity {
+            Some(s) if s > 0.0 => Err(EngineError::Param {
+                name: "sparsity",
+                problem: format!(
+                    "needs a profile of the model: none at {} (make one with `ember profile`, or pass --profile)",
+                    path.display()
+                ),
+            }),
+            _ => Ok(None),
+        };
+    }
+    let profile = Profile::load(&path).map_err(|e| EngineError::Param { name: "profile", problem: e.to_string() })?;
+    profile
+        .check_model(&path, &model_shape(model_path, config))
+        .map_err(|e| EngineError::Param { name: "profile", problem: e.to_string() })?;
+    let default = &profile.meta.default;
+    let sparsity = options.sparsity.unwrap_or(default.sparsity);
+    if !(0.0..1.0).contains(&sparsity) {
+        return Err(EngineError::Param { name: "sparsity", problem: format!("{sparsity} is outside [0, 1)") });
+    }
+    let mut criterion = options.criterion.unwrap_or(match default.criterion {
+        Criterion::Dense => Criterion::FfnMagnitude, // a sparsity asked of a profile whose default is dense
+        c => c,
+    });
+    if criterion == Criterion::Predictor && profile.predictors.iter().any(Option::is_none) {
+        return Err(EngineError::Param {
+            name: "criterion",
+            problem: format!("{} has no trained predictors (run `ember profile --predictors`)", path.display()),
+        });
+    }
+    if sparsity == 0.0 && criterion != Criterion::Predictor {
+        criterion = Criterion::Dense;
+    }
+    if criterion == Criterion::Dense {
+        return Ok(None);
+    }
+    Ok(Some((profile, path, criterion, sparsity)))
+}
+
+/// Builds the runtime setting: per-layer thresholds and the per-neuron `down` copies.
+pub(crate) fn build(
+    profile: &Profile,
+    path: PathBuf,
+    criterion: Criterion,
+    sparsity: f32,
+    downs: &[ember_kernels::MatRef<'_>],
+) -> Result<SparseFfn> {
+    let down_t: Vec<ColumnMajor> = downs.par_iter().map(|w| ColumnMajor::from_mat(*w)).collect::<Result<_, _>>()?;
+    let layers = down_t
+        .into_iter()
+        .enumerate()
+        .map(|(l, down_t)| SparseLayer {
+            threshold: profile.h_threshold(l, sparsity),
+            down_t,
+            predictor: match criterion {
+                Criterion::Predictor => profile.predictors[l].clone(),
+                _ => None,
+            },
+        })
+        .collect();
+    Ok(SparseFfn { criterion, sparsity, profile_path: path, layers })
+}
+
+/// Neurons kept and computed, counted over forward passes (the sparsity achieved).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SparsityStats {
+    /// Neurons whose contribution went into `down`.
+    pub kept: u64,
+    /// Rows of gate and up computed (dense: 2 per neuron).
+    pub gate_up_rows: u64,
+    /// Neurons in all FFN evaluations (tokens × layers × ffn_dim).
+    pub total: u64,
+}
+
+impl SparsityStats {
+    /// Share of neurons skipped.
+    pub fn sparsity(&self) -> f64 {
+        if self.total == 0 { 0.0 } else { 1.0 - self.kept as f64 / self.total as f64 }
+    }
+
+    /// Share of gate and up rows computed.
+    pub fn gate_up_fraction(&self) -> f64 {
+        if self.total == 0 { 1.0 } else { self.gate_up_rows as f64 / (2 * self.total) as f64 }
+    }
+
+    /// Sum of two counts.
+    pub fn add(&mut self, o: &SparsityStats) {
+        self.kept += o.kept;
+        self.gate_up_rows += o.gate_up_rows;
+        self.total += o.total;
+    }
+}
