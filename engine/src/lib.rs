@@ -64,6 +64,7 @@ pub mod profiler;
 pub mod sampling;
 pub mod sparsity;
 pub mod stream;
+pub mod synth;
 pub mod tokenizer;
 pub mod util;
 pub mod weights;

@@ -77,6 +77,9 @@ pub fn resolve(model_path: &Path, config: &ModelConfig, options: &SparsityOption
         Some(p) => (p.clone(), true),
         None => (Profile::beside(model_path), false),
     };
+    if !explicit && options.sparsity == Some(0.0) {
+        return Ok(None); // dense asked for: the profile beside the model is not read
+    }
     if !explicit && !path.is_file() {
         return match options.sparsity {
             Some(s) if s > 0.0 => Err(EngineError::Param {
@@ -141,7 +144,8 @@ pub(crate) fn build(
     Ok(SparseFfn { criterion, sparsity, profile_path: path, layers })
 }
 
-/// Neurons kept and computed, counted over forward passes (the sparsity achieved).
+/// Neurons kept and computed, and time in the FFN, counted over forward passes (the sparsity
+/// achieved; `kept`, `gate_up_rows` and `total` only while a sparse setting is in use).
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct SparsityStats {
     /// Neurons whose contribution went into `down`.
@@ -150,6 +154,8 @@ pub struct SparsityStats {
     pub gate_up_rows: u64,
     /// Neurons in all FFN evaluations (tokens × layers × ffn_dim).
     pub total: u64,
+    /// Time spent in the FFN (all layers), dense or sparse, in nanoseconds.
+    pub ffn_ns: u64,
 }
 
 impl SparsityStats {
@@ -168,5 +174,6 @@ impl SparsityStats {
         self.kept += o.kept;
         self.gate_up_rows += o.gate_up_rows;
         self.total += o.total;
+        self.ffn_ns += o.ffn_ns;
     }
 }

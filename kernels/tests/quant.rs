@@ -321,3 +321,25 @@ fn every_format_has_a_fixture_and_kernels_for_its_own_dtype() {
         assert_eq!(RowKernels::portable(dtype).dtype, dtype);
     }
 }
+
+/// Quantizing then dequantizing (by the reference) returns each value within half a step of
+/// its block's scale (Q4_0: one step, as ggml clamps the side opposite the largest magnitude to
+/// 7 steps); unsupported formats are errors.
+#[test]
+fn quantize_row_round_trips_within_half_a_step() {
+    use ember_kernels::quant::quantize::quantize_row;
+    let x: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+    for (dtype, levels) in [(DType::Q8_0, 127.0f32), (DType::Q4_0, 4.0), (DType::F16, 0.0), (DType::F32, 0.0)] {
+        let bytes = quantize_row(dtype, &x).unwrap();
+        let back = ember_kernels::reference::dequantize_ref(dtype, &bytes);
+        for (b, (xs, ys)) in x.chunks(32).zip(back.chunks(32)).enumerate() {
+            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let tol = if levels > 0.0 { amax / levels * 0.5 + 1e-3 * amax } else { amax * 1e-3 };
+            for (v, w) in xs.iter().zip(ys) {
+                assert!((v - w).abs() <= tol, "{dtype} block {b}: {v} came back as {w} (tolerance {tol})");
+            }
+        }
+    }
+    assert!(quantize_row(DType::Q4_K, &x).is_err());
+    assert!(quantize_row(DType::Q8_0, &x[..31]).is_err());
+}

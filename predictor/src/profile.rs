@@ -212,7 +212,7 @@ impl Profile {
             let prefix = format!("blk.{i}.predictor.");
             let present = st.names().iter().any(|n| n.starts_with(&prefix));
             predictors.push(match present {
-                true => Some(LowRankPredictor::from_tensors(path, &prefix, &|n: &str| get(&format!("{prefix}{n}")))?),
+                true => Some(LowRankPredictor::from_tensors(path, &prefix, &get)?),
                 false => None,
             });
         }

@@ -90,6 +90,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         decode,
         peak_rss: peak_rss_bytes(),
         sparsity: engine.model.sparsity().map(|_| sparsity),
+        ffn_ms_per_token: (a.gen > 0).then(|| sparsity.ffn_ns as f64 / 1e6 / (a.gen * reps.len()) as f64),
     };
     if a.json {
         println!("{}", report.json(&a));
@@ -190,6 +191,8 @@ struct Report {
     peak_rss: Option<u64>,
     /// Decode's FFN sparsity, when a sparse setting is in use.
     sparsity: Option<SparsityStats>,
+    /// Decode's time in the FFN per token (all layers).
+    ffn_ms_per_token: Option<f64>,
 }
 
 impl Report {
@@ -204,6 +207,7 @@ impl Report {
             "peak_rss_bytes": self.peak_rss,
             "sparsity": self.sparsity.map(|s| s.sparsity()),
             "gate_up_fraction": self.sparsity.map(|s| s.gate_up_fraction()),
+            "decode_ffn_ms": self.ffn_ms_per_token,
             "model": self.model,
             "size_bytes": self.size_bytes,
             "weight_bytes_per_token": self.weight_bytes_per_token,
@@ -239,6 +243,9 @@ impl Report {
             a.reps,
             self.weight_bytes_per_token as f64 / (1024.0 * 1024.0)
         );
+        if let Some(ms) = self.ffn_ms_per_token {
+            println!("decode time in the FFN {ms:.3} ms per token");
+        }
         if let Some(s) = self.sparsity {
             println!(
                 "decode FFN sparsity {:.1}% (gate/up rows computed {:.1}%)",

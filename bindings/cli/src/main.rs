@@ -10,6 +10,7 @@ mod perplexity;
 mod profile;
 mod run;
 mod serve;
+mod synth;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +33,8 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Profile FFN activations on a corpus: sparsity thresholds, neuron hotness, predictors.
     Profile(profile::ProfileArgs),
+    /// Write a synthetic llama GGUF with controlled activation sparsity (figures on it are synthetic).
+    Synth(synth::SynthArgs),
     /// Architecture, sizes, formats and bytes by tensor kind.
     Info(info::InfoArgs),
     /// Download a known model (default: the default model) into the cache.
@@ -50,6 +53,7 @@ fn main() {
         Command::Batch(a) => batch::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::Profile(a) => profile::run(a),
+        Command::Synth(a) => synth::run(a),
         Command::Info(a) => info::run(a),
         Command::Pull(a) => info::pull(a),
         Command::Bench(a) => bench::run(a),

@@ -151,7 +151,9 @@ impl Model {
             self.attention(l, layer, tokens.len(), cache, s)?; // s.h -> s.attn_out
             ops::add_assign(&mut s.x, &s.attn_out);
             rms_norm_rows(&s.x, &layer.ffn_norm, eps, &mut s.h);
+            let t0 = std::time::Instant::now();
             self.ffn(l, layer, tokens.len(), s, &mut obs)?; // s.h -> s.ffn_out
+            s.stats.ffn_ns += t0.elapsed().as_nanos() as u64;
             ops::add_assign(&mut s.x, &s.ffn_out);
         }
         Ok(())

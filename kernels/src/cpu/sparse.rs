@@ -132,7 +132,10 @@ unsafe fn axpy_avx2(m: &ColumnMajor, idx: &[u32], coef: &[f32], acc: &mut [f32])
 fn axpy_body(m: &ColumnMajor, idx: &[u32], coef: &[f32], acc: &mut [f32]) {
     let mut i4 = idx.chunks_exact(4);
     let mut c4 = coef.chunks_exact(4);
-    for (ix, cs) in (&mut i4).zip(&mut c4) {
+    for (n, (ix, cs)) in (&mut i4).zip(&mut c4).enumerate() {
+        for &ahead in idx.get((n + 1) * 4..(n + 2) * 4).unwrap_or(&[]) {
+            prefetch_i8(m.row(ahead as usize).0);
+        }
         let rows = [m.row(ix[0] as usize), m.row(ix[1] as usize), m.row(ix[2] as usize), m.row(ix[3] as usize)];
         for (b, a) in acc.chunks_exact_mut(Q8_BLOCK).enumerate() {
             let s = [cs[0] * rows[0].1[b], cs[1] * rows[1].1[b], cs[2] * rows[2].1[b], cs[3] * rows[3].1[b]];
@@ -151,6 +154,28 @@ fn axpy_body(m: &ColumnMajor, idx: &[u32], coef: &[f32], acc: &mut [f32]) {
             }
         }
     }
+}
+
+/// Rows of a subset fetched ahead of their dot: a subset's rows are scattered, so the hardware
+/// prefetcher does not see them coming.
+const PREFETCH_AHEAD: usize = 4;
+
+/// Asks for the cache lines of `row` (a prefetch never faults and reads nothing).
+#[inline(always)]
+fn prefetch(row: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..row.len()).step_by(64) {
+        // SAFETY: a prefetch has no architectural effect and never faults.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(row.as_ptr().add(line).cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
+#[inline(always)]
+fn prefetch_i8(row: &[i8]) {
+    // SAFETY: i8 and u8 have the same layout.
+    prefetch(unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<u8>(), row.len()) })
 }
 
 fn has_avx2() -> bool {
@@ -192,7 +217,10 @@ pub fn matvec_rows(group: &mut [RowsProduct<'_>], rows: &[u32], input: Input<'_>
         let kernels = RowKernels::for_dtype(w.dtype);
         p.out.par_chunks_mut(ROWS_PER_TASK).zip(rows.par_chunks(ROWS_PER_TASK)).for_each(|(out, rows)| match q8 {
             Some((acts, dot)) => {
-                for (o, &r) in out.iter_mut().zip(rows) {
+                for (k, (o, &r)) in out.iter_mut().zip(rows).enumerate() {
+                    if let Some(&ahead) = rows.get(k + PREFETCH_AHEAD) {
+                        prefetch(w.row(ahead as usize));
+                    }
                     *o = dot(w.row(r as usize), acts.as_ref());
                 }
             }

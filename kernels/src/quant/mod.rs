@@ -19,6 +19,7 @@ mod legacy;
 mod legacy_q8;
 mod kquants_q8;
 pub mod q8;
+pub mod quantize;
 pub mod unpacked;
 #[cfg(target_arch = "x86_64")]
 mod x86_level;
