@@ -4,9 +4,10 @@
 //! the task split) and output sizes that are not a multiple of 32.
 //!
 //! Tolerances: `matvec_rows` as the dense products (`tests/matmul.rs`): the 8-bit input's
-//! rounding, `Σ_j |w_j|·d_a(j)/2`, plus float-order slack. `axpy_rows` reads weights requantized
-//! to 8 bits per block of 32 outputs (`d_w = max|w|/127`, error ≤ `d_w/2` per weight), so
-//! `|got − want| ≤ Σ_k |c_k|·d_w(k, block)/2` plus the float-order slack.
+//! rounding, `Σ_j |w_j|·d_a(j)/2`, plus float-order slack. `axpy_rows` reads weights divided by
+//! their output's largest |w| and requantized to 8 bits per block of 32 outputs (step `d_w =
+//! s_o·max_block|w/s|/127`, error ≤ `d_w/2` per weight), so `|got − want| ≤ Σ_k |c_k|·d_w/2`
+//! plus the float-order slack.
 
 #[path = "common/rows.rs"]
 mod rows;
@@ -87,11 +88,13 @@ fn axpy_rows_matches_reference_for_every_format() {
                 let terms = idx.iter().zip(&coef).map(|(&j, &c)| (c as f64, w[o * inputs + j as usize] as f64));
                 let want: f64 = terms.clone().map(|(c, v)| c * v).sum();
                 let block = (o / 32) * 32..((o / 32 + 1) * 32).min(outputs);
+                let row_max = |r: usize| w[r * inputs..(r + 1) * inputs].iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
                 let tol: f64 = idx
                     .iter()
                     .zip(&coef)
                     .map(|(&j, &c)| {
-                        let d_w = block.clone().map(|r| w[r * inputs + j as usize].abs() as f64).fold(0.0, f64::max) / 127.0;
+                        let normalized = block.clone().map(|r| w[r * inputs + j as usize].abs() as f64 / row_max(r).max(1e-30));
+                        let d_w = row_max(o) * normalized.fold(0.0, f64::max) / 127.0;
                         (c as f64).abs() * d_w * (0.5 + 1e-4)
                     })
                     .sum::<f64>()
@@ -112,7 +115,9 @@ fn column_major_rows_are_the_columns() {
         m.row_f32(j, &mut row);
         for (o, v) in row.iter().enumerate() {
             let want = w[o * 128 + j];
-            let d_w = (0..32).map(|r| w[((o / 32) * 32 + r).min(39) * 128 + j].abs()).fold(0.0, f32::max) / 127.0;
+            let row_max = |r: usize| w[r * 128..(r + 1) * 128].iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let block = (0..32).map(|r| ((o / 32) * 32 + r).min(39));
+            let d_w = row_max(o) * block.map(|r| w[r * 128 + j].abs() / row_max(r)).fold(0.0, f32::max) / 127.0;
             assert!((v - want).abs() <= d_w * 0.5001 + 1e-7, "column {j} output {o}: {v} vs {want}");
         }
     }

@@ -26,8 +26,9 @@ pub struct ColumnMajor {
     pub n_inputs: usize,  // W's columns: rows here
     pub n_outputs: usize, // W's rows
     padded: usize,        // n_outputs rounded up to 32
-    q: Vec<i8>,           // (n_inputs, padded): W[o, j] ≈ d[j, o / 32] * q[j, o]
+    q: Vec<i8>,           // (n_inputs, padded): W[o, j] ≈ scale[o] * d[j, o / 32] * q[j, o]
     d: Vec<f32>,          // (n_inputs, padded / 32)
+    scale: Vec<f32>,      // (n_outputs): max_j |W[o, j]|, so every output uses the 8 bits fully
 }
 
 impl ColumnMajor {
@@ -38,10 +39,16 @@ impl ColumnMajor {
         let mut t = vec![0.0f32; cols * padded]; // (cols, padded): Wᵀ in f32
         let kernels = RowKernels::for_dtype(w.dtype);
         let mut row = vec![0.0f32; cols];
+        let mut scale = vec![0.0f32; rows];
         for r in 0..rows {
             (kernels.dequantize)(w.row(r), &mut row);
+            // Outputs differ in scale (a few carry outlier weights): normalized per output, the
+            // blocks along the outputs quantize every output to its own range.
+            let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            scale[r] = max;
+            let inv = if max > 0.0 { 1.0 / max } else { 0.0 };
             for (j, v) in row.iter().enumerate() {
-                t[j * padded + r] = *v;
+                t[j * padded + r] = *v * inv;
             }
         }
         let mut q = vec![0i8; cols * padded];
@@ -54,19 +61,19 @@ impl ColumnMajor {
                 *qv = (v * inv).round() as i8;
             }
         }
-        Ok(ColumnMajor { n_inputs: cols, n_outputs: rows, padded, q, d })
+        Ok(ColumnMajor { n_inputs: cols, n_outputs: rows, padded, q, d, scale })
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.q.len() + self.d.len() * 4
+        self.q.len() + (self.d.len() + self.scale.len()) * 4
     }
 
     /// Row `j` (input column `j` of W) dequantized into `out` (`n_outputs`), for tests.
     pub fn row_f32(&self, j: usize, out: &mut [f32]) {
         let (q, d) = self.row(j);
         for (o, v) in out.iter_mut().enumerate().take(self.n_outputs) {
-            *v = d[o / Q8_BLOCK] * q[o] as f32;
+            *v = self.scale[o] * d[o / Q8_BLOCK] * q[o] as f32;
         }
     }
 
@@ -118,6 +125,7 @@ pub fn axpy_rows(m: &ColumnMajor, idx: &[u32], coef: &[f32], out: &mut [f32], sc
     for part in scratch.partials.chunks_exact(p).skip(1) {
         super::ops::add_assign(out, &part[..m.n_outputs]);
     }
+    out.iter_mut().zip(&m.scale).for_each(|(o, s)| *o *= s);
     Ok(())
 }
 
