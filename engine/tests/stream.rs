@@ -15,7 +15,7 @@ const PROMPT: &str = "The capital of France is";
 
 fn engine(threads: Option<usize>) -> Arc<Engine> {
     let path = tokenizer_util::smollm_path();
-    Arc::new(Engine::open(&path, &EngineOptions { ctx: Some(256), threads }).expect("the model opens"))
+    Arc::new(Engine::open(&path, &EngineOptions { ctx: Some(256), threads, ..Default::default() }).expect("the model opens"))
 }
 
 fn in_thread(e: &Engine, prompt: &[u32], params: &GenerationParams) -> (Vec<u32>, String, (usize, usize)) {
@@ -98,7 +98,7 @@ fn an_engine_with_its_own_pool_gives_the_same_tokens() {
     let prompt = shared.encode_prompt(PROMPT).unwrap();
     let params = GenerationParams { stop_at_eos: false, ..GenerationParams::greedy(16) };
     assert_eq!(in_thread(&one, &prompt, &params).0, in_thread(&shared, &prompt, &params).0);
-    let zero = Engine::open(&tokenizer_util::smollm_path(), &EngineOptions { ctx: None, threads: Some(0) });
+    let zero = Engine::open(&tokenizer_util::smollm_path(), &EngineOptions { ctx: None, threads: Some(0), ..Default::default() });
     assert!(matches!(zero, Err(EngineError::Param { name: "threads", .. })));
 }
 

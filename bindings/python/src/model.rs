@@ -45,6 +45,7 @@ impl Model {
         let options = EngineOptions {
             ctx: ctx.map(|v| whole(v, "ctx")).transpose()?,
             threads: threads.map(|v| whole(v, "threads")).transpose()?,
+            ..Default::default()
         };
         let name = match &path {
             None => None,
