@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 1. Open: resolve a path or a known model name, then memory-map the weights.
     let path = ember_engine::hub::resolve_model(model.as_deref())?;
-    let engine = Arc::new(Engine::open(&path, &EngineOptions { ctx: Some(2048), threads: None })?);
+    let engine = Arc::new(Engine::open(&path, &EngineOptions { ctx: Some(2048), threads: None, ..Default::default() })?);
     eprintln!("loaded {} ({} layers, context {})", path.display(), engine.config().n_layers, engine.ctx());
 
     // 2. Stream an answer on this thread: a Session keeps the KV cache of one conversation, and

@@ -36,7 +36,7 @@ fn model_path() -> PathBuf {
 }
 
 fn open(ctx: usize) -> Arc<Engine> {
-    Arc::new(Engine::open(&model_path(), &EngineOptions { ctx: Some(ctx), threads: None }).expect("opening the test model"))
+    Arc::new(Engine::open(&model_path(), &EngineOptions { ctx: Some(ctx), threads: None, ..Default::default() }).expect("opening the test model"))
 }
 
 /// The engine most tests share (context 1024).
