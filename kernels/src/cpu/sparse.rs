@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::matmul::{needs_q8, Input};
 use crate::quant::q8::Q8_BLOCK;
-use crate::quant::RowKernels;
+use crate::quant::{prefetch_lines, RowKernels};
 use crate::{KernelError, MatRef, Result};
 
 /// W stored by input column: row `j` holds `W[:, j]` (the `n_outputs` weights input `j` feeds),
@@ -168,22 +168,14 @@ fn axpy_body(m: &ColumnMajor, idx: &[u32], coef: &[f32], acc: &mut [f32]) {
 /// prefetcher does not see them coming.
 const PREFETCH_AHEAD: usize = 4;
 
-/// Asks for the cache lines of `row` (a prefetch never faults and reads nothing).
 #[inline(always)]
 fn prefetch(row: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in (0..row.len()).step_by(64) {
-        // SAFETY: a prefetch has no architectural effect and never faults.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(row.as_ptr().add(line).cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = row;
+    prefetch_lines(row.as_ptr(), row.len());
 }
 
 #[inline(always)]
 fn prefetch_i8(row: &[i8]) {
-    // SAFETY: i8 and u8 have the same layout.
-    prefetch(unsafe { std::slice::from_raw_parts(row.as_ptr().cast::<u8>(), row.len()) })
+    prefetch_lines(row.as_ptr().cast(), row.len());
 }
 
 fn has_avx2() -> bool {

@@ -142,11 +142,7 @@ const PREFETCH_ROWS: usize = 4;
 /// Asks for the cache lines of the row `distance` bytes after `row` (prefetches never fault).
 #[inline(always)]
 fn prefetch_ahead(row: &[u8], distance: usize) {
-    let ahead = row.as_ptr().wrapping_add(distance);
-    for line in (0..row.len()).step_by(64) {
-        // SAFETY: a prefetch reads nothing and never faults, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast()) };
-    }
+    crate::quant::prefetch_lines(row.as_ptr().wrapping_add(distance), row.len());
 }
 
 kernel_set!(avx2, avx2_rows, Avx2, "avx2,fma,f16c");

@@ -544,11 +544,7 @@ unsafe fn dot_row4<F: Format, M: Madd>(rows: &[u8], row_bytes: usize, acts: Q8Re
                 // The same blocks of the row PREFETCH_GROUPS groups ahead: the stream of weights
                 // is requested early enough to hide the memory latency (prefetches never fault).
                 let ahead = r[k].w.wrapping_add(b * F::BYTES + PREFETCH_GROUPS * ROWS * row_bytes);
-                let mut line = 0;
-                while line < 4 * F::BYTES {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
-                    line += 64;
-                }
+                crate::quant::prefetch_lines(ahead, 4 * F::BYTES);
                 acc[k] = step4::<F, M>(r[k], b, acc[k]);
             }
             b += 4;
