@@ -139,3 +139,37 @@ fn shape_mismatches_are_errors() {
     assert!(matvec_rows(&mut [RowsProduct { w, out: &mut o }], &[1, 8], input).is_err(), "row past the matrix");
     assert!(matvec_rows(&mut [RowsProduct { w, out: &mut o[..1] }], &[1, 2], input).is_err(), "short output");
 }
+
+/// The subset-of-rows kernel agrees with the one-row kernel on any index list (unsorted,
+/// repeated, shorter than a group, longer than the prefetch distance), and gives 0 for a row the
+/// matrix does not hold.
+#[test]
+fn gather_kernel_matches_the_row_kernel() {
+    use ember_kernels::quant::RowKernels;
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0] {
+        let Some(gather) = RowKernels::dot_q8_gather(dtype) else { continue };
+        let dot = RowKernels::dot_q8(dtype).unwrap();
+        let (rows, blocks) = (53, 7);
+        let (data, _) = random_mat(dtype, rows, blocks, 9);
+        let rb = data.len() / rows;
+        let mut rng = StdRng::seed_from_u64(4);
+        let x = rows::random_x(blocks * 32, &mut rng);
+        let mut q8 = Q8Acts::default();
+        quantize_q8(&x, &mut q8);
+        for n in [0usize, 1, 3, 4, 5, 17, 40] {
+            let mut idx: Vec<u32> = (0..n).map(|_| rng.gen_range(0..rows as u32)).collect();
+            if n > 2 {
+                idx[1] = idx[0]; // a repeat
+            }
+            let mut out = vec![f32::NAN; n];
+            gather(&data, rb, &idx, q8.as_ref(), &mut out);
+            for (o, &r) in out.iter().zip(&idx) {
+                let want = dot(&data[r as usize * rb..][..rb], q8.as_ref());
+                assert!((o - want).abs() <= 1e-5 * want.abs().max(1.0), "{dtype} row {r}: {o} vs {want}");
+            }
+        }
+        let mut out = vec![f32::NAN; 5];
+        gather(&data, rb, &[0, 1, rows as u32, 2, 3], q8.as_ref(), &mut out);
+        assert_eq!(out[2], 0.0, "{dtype}: a row past the matrix");
+    }
+}

@@ -193,8 +193,9 @@ pub struct RowsProduct<'a> {
     pub out: &'a mut [f32], // (rows.len())
 }
 
-/// Rows per task of [`matvec_rows`].
-const ROWS_PER_TASK: usize = 32;
+/// Fewest rows per task of [`matvec_rows`]: a task's kernel prefetches rows ahead only within
+/// its own list, so short tasks would start cold too often.
+const MIN_ROWS_PER_TASK: usize = 64;
 
 /// The products of a group (gate and up) for the same subset of rows, one token (`input.n_tokens
 /// == 1`; `input.q8` as for [`super::matmul_group`]), in one parallel region.
@@ -214,9 +215,12 @@ pub fn matvec_rows(group: &mut [RowsProduct<'_>], rows: &[u32], input: Input<'_>
     for p in group.iter_mut() {
         let w = p.w;
         let q8 = input.q8.filter(|_| needs_q8(&w)).zip(RowKernels::dot_q8(w.dtype));
+        let gather = RowKernels::dot_q8_gather(w.dtype);
         let kernels = RowKernels::for_dtype(w.dtype);
-        p.out.par_chunks_mut(ROWS_PER_TASK).zip(rows.par_chunks(ROWS_PER_TASK)).for_each(|(out, rows)| match q8 {
-            Some((acts, dot)) => {
+        let per_task = rows.len().div_ceil(rayon::current_num_threads() * 2).max(MIN_ROWS_PER_TASK);
+        p.out.par_chunks_mut(per_task).zip(rows.par_chunks(per_task)).for_each(|(out, rows)| match (q8, gather) {
+            (Some((acts, _)), Some(gather)) => gather(w.data, w.row_bytes(), rows, acts.as_ref(), out),
+            (Some((acts, dot)), None) => {
                 for (k, (o, &r)) in out.iter_mut().zip(rows).enumerate() {
                     if let Some(&ahead) = rows.get(k + PREFETCH_AHEAD) {
                         prefetch(w.row(ahead as usize));
@@ -224,7 +228,7 @@ pub fn matvec_rows(group: &mut [RowsProduct<'_>], rows: &[u32], input: Input<'_>
                     *o = dot(w.row(r as usize), acts.as_ref());
                 }
             }
-            None => {
+            (None, _) => {
                 for (o, &r) in out.iter_mut().zip(rows) {
                     *o = (kernels.dot)(w.row(r as usize), input.x);
                 }

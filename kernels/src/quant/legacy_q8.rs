@@ -23,7 +23,7 @@
 //! last block that both `row` and every slice of `acts` hold in full.
 
 use super::common::f16_at;
-use super::q8::{DotQ8, DotQ8Rows, Q8Ref, Q8_BLOCK};
+use super::q8::{DotQ8, DotQ8Gather, DotQ8Rows, Q8Ref, Q8_BLOCK};
 use super::{DType, RowKernels};
 
 #[cfg(target_arch = "x86_64")]
@@ -44,6 +44,16 @@ pub(super) fn best(dtype: DType) -> Option<DotQ8> {
 pub(super) fn best_rows(dtype: DType) -> Option<DotQ8Rows> {
     #[cfg(target_arch = "x86_64")]
     if let Some(dot) = x86::best_rows(dtype) {
+        return Some(dot);
+    }
+    let _ = dtype;
+    None
+}
+
+/// The fastest subset-of-rows kernel for `dtype`, where one is written (x86-64 with AVX2).
+pub(super) fn best_gather(dtype: DType) -> Option<DotQ8Gather> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(dot) = x86::best_gather(dtype) {
         return Some(dot);
     }
     let _ = dtype;

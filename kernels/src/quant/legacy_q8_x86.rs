@@ -20,7 +20,7 @@
 //! 512-bit versions (two blocks per `zmm`) are not written: the machine this was developed on
 //! exposes no AVX-512 to its guest, so they could be neither tested nor timed.
 
-use super::{whole_blocks, DType, DotQ8, DotQ8Rows, Q8Ref, Q8_BLOCK};
+use super::{whole_blocks, DType, DotQ8, DotQ8Gather, DotQ8Rows, Q8Ref, Q8_BLOCK};
 use std::arch::x86_64::*;
 use crate::quant::x86_level::{best_level, Level};
 
@@ -64,6 +64,15 @@ pub(super) fn best_rows(dtype: DType) -> Option<DotQ8Rows> {
     }
 }
 
+/// The fastest subset-of-rows kernel for `dtype` on this CPU.
+pub(super) fn best_gather(dtype: DType) -> Option<DotQ8Gather> {
+    match best_level()? {
+        Level::Avx512Vnni => avx512vnni_gather(dtype),
+        Level::AvxVnni => avxvnni_gather(dtype),
+        Level::Avx2 => avx2_gather(dtype),
+    }
+}
+
 /// Every detected level's many-rows kernel, named. For tests.
 pub(super) fn rows_variants(dtype: DType) -> Vec<(&'static str, DotQ8Rows)> {
     let mut out: Vec<(&'static str, DotQ8Rows)> = Vec::new();
@@ -93,11 +102,31 @@ pub(super) fn variants(dtype: DType) -> Vec<(&'static str, DotQ8)> {
 }
 
 /// `fn $name(dtype) -> Option<DotQ8>`: the five kernels compiled with `$features`, using `$madd`;
-/// with a second name, also `fn $rows(dtype) -> Option<DotQ8Rows>`. Call them only once
-/// `$features` were detected.
+/// with two more names, also `fn $rows(dtype) -> Option<DotQ8Rows>` and `fn $gather(dtype) ->
+/// Option<DotQ8Gather>`. Call them only once `$features` were detected.
 macro_rules! kernel_set {
-    ($name:ident, $rows:ident, $madd:ty, $features:literal) => {
+    ($name:ident, $rows:ident, $gather:ident, $madd:ty, $features:literal) => {
         kernel_set!($name, $madd, $features);
+
+        fn $gather(dtype: DType) -> Option<DotQ8Gather> {
+            #[target_feature(enable = $features)]
+            unsafe fn dot<F: Format>(w: &[u8], row_bytes: usize, rows: &[u32], acts: Q8Ref<'_>, out: &mut [f32]) {
+                // SAFETY: `dot_gather` needs the features of `$madd` and AVX2/FMA/F16C, all
+                // enabled here.
+                unsafe { dot_gather::<F, $madd>(w, row_bytes, rows, acts, out) }
+            }
+            // SAFETY (each closure): reachable only through `best_gather`, called for levels
+            // whose features `Level::detected` confirmed.
+            let dot: DotQ8Gather = match dtype {
+                DType::Q4_0 => |w, n, r, a, o| unsafe { dot::<Q40>(w, n, r, a, o) },
+                DType::Q4_1 => |w, n, r, a, o| unsafe { dot::<Q41>(w, n, r, a, o) },
+                DType::Q5_0 => |w, n, r, a, o| unsafe { dot::<Q50>(w, n, r, a, o) },
+                DType::Q5_1 => |w, n, r, a, o| unsafe { dot::<Q51>(w, n, r, a, o) },
+                DType::Q8_0 => |w, n, r, a, o| unsafe { dot::<Q80>(w, n, r, a, o) },
+                _ => return None,
+            };
+            Some(dot)
+        }
 
         fn $rows(dtype: DType) -> Option<DotQ8Rows> {
             #[target_feature(enable = $features)]
@@ -142,10 +171,10 @@ macro_rules! kernel_set {
     };
 }
 
-kernel_set!(avx2, avx2_rows, Avx2, "avx2,fma,f16c");
+kernel_set!(avx2, avx2_rows, avx2_gather, Avx2, "avx2,fma,f16c");
 kernel_set!(avx2_i32tree, Avx2I32Tree, "avx2,fma,f16c");
-kernel_set!(avx512vnni, avx512vnni_rows, Avx512Vnni, "avx2,fma,f16c,avx512vnni,avx512vl");
-kernel_set!(avxvnni, avxvnni_rows, AvxVnni, "avx2,fma,f16c,avxvnni");
+kernel_set!(avx512vnni, avx512vnni_rows, avx512vnni_gather, Avx512Vnni, "avx2,fma,f16c,avx512vnni,avx512vl");
+kernel_set!(avxvnni, avxvnni_rows, avxvnni_gather, AvxVnni, "avx2,fma,f16c,avxvnni");
 
 // ---------------------------------------------------------------------------------------------
 // Multiply-add of bytes
@@ -528,23 +557,69 @@ unsafe fn dot_rows<F: Format, M: Madd>(w: &[u8], row_bytes: usize, acts: Q8Ref<'
 /// As [`dot_row`].
 #[inline(always)]
 unsafe fn dot_row4<F: Format, M: Madd>(rows: &[u8], row_bytes: usize, acts: Q8Ref<'_>) -> [f32; ROWS] {
-    let nb = whole_blocks(F::BYTES, &rows[..row_bytes], acts);
-    let mut r = [Blocks { w: rows.as_ptr(), y: acts.qs.as_ptr(), da: acts.d.as_ptr(), sums: acts.sum16.as_ptr() }; ROWS];
-    for (k, rk) in r.iter_mut().enumerate() {
-        rk.w = rows[k * row_bytes..].as_ptr();
+    let r = four!(|k| &rows[k * row_bytes..(k + 1) * row_bytes]);
+    // The same blocks of the row PREFETCH_GROUPS groups ahead (prefetches never fault).
+    let ahead = four!(|k| r[k].as_ptr().wrapping_add(PREFETCH_GROUPS * ROWS * row_bytes));
+    // SAFETY: forwarded to the caller.
+    unsafe { dot_rows_at::<F, M>(r, ahead, acts) }
+}
+
+/// `out[i]` = the dot of row `rows[i]` of `w` (rows of `row_bytes`) with `acts`: a subset of
+/// rows, [`ROWS`] at a time like [`dot_rows`], each group prefetching the rows of the group
+/// [`PREFETCH_GROUPS`] ahead in the list. A row `w` does not hold gives 0.
+///
+/// # Safety
+/// As [`dot_row`].
+#[inline(always)]
+unsafe fn dot_gather<F: Format, M: Madd>(w: &[u8], row_bytes: usize, rows: &[u32], acts: Q8Ref<'_>, out: &mut [f32]) {
+    let held = if row_bytes == 0 { 0 } else { w.len() / row_bytes };
+    let row = |i: u32| -> &[u8] {
+        let i = i as usize;
+        if i < held { &w[i * row_bytes..(i + 1) * row_bytes] } else { &[] }
+    };
+    let n = out.len().min(rows.len());
+    let (groups, rest) = out[..n].split_at_mut(n - n % ROWS);
+    for (g, o) in groups.chunks_exact_mut(ROWS).enumerate() {
+        let ids = &rows[g * ROWS..(g + 1) * ROWS];
+        let r = four!(|k| row(ids[k]));
+        if r.iter().any(|x| x.len() != row_bytes) || row_bytes == 0 {
+            for (ok, rk) in o.iter_mut().zip(r) {
+                // SAFETY: forwarded to the caller.
+                *ok = if rk.is_empty() { 0.0 } else { unsafe { dot_row::<F, M>(rk, acts) } };
+            }
+            continue;
+        }
+        let next = rows.get((g + PREFETCH_GROUPS) * ROWS..(g + PREFETCH_GROUPS + 1) * ROWS);
+        let ahead = four!(|k| next.map_or(r[k].as_ptr(), |ids| row(ids[k]).as_ptr()));
+        // SAFETY: forwarded to the caller; the four rows are whole.
+        o.copy_from_slice(&unsafe { dot_rows_at::<F, M>(r, ahead, acts) });
     }
+    for (o, &i) in rest.iter_mut().zip(&rows[n - n % ROWS..n]) {
+        let rk = row(i);
+        // SAFETY: forwarded to the caller.
+        *o = if rk.is_empty() { 0.0 } else { unsafe { dot_row::<F, M>(rk, acts) } };
+    }
+}
+
+/// [`dot_row`] of four rows of equal length sharing each activation load; `ahead[k]` is where
+/// the lines to prefetch while computing row `k` start (any address: prefetches never fault).
+///
+/// # Safety
+/// As [`dot_row`].
+#[inline(always)]
+unsafe fn dot_rows_at<F: Format, M: Madd>(rows: [&[u8]; ROWS], ahead: [*const u8; ROWS], acts: Q8Ref<'_>) -> [f32; ROWS] {
+    let nb = rows.iter().map(|r| whole_blocks(F::BYTES, r, acts)).min().unwrap_or(0);
+    let r = four!(|k| Blocks { w: rows[k].as_ptr(), y: acts.qs.as_ptr(), da: acts.d.as_ptr(), sums: acts.sum16.as_ptr() });
     let mut acc = [Acc { sum: _mm256_setzero_ps(), min: _mm_setzero_ps() }; ROWS];
     let mut b = 0;
     let mut out = [0.0f32; ROWS];
-    // SAFETY: every step reads blocks `b..b + n` with `b + n <= nb`; each of the ROWS rows holds
-    // `row_bytes ≥ nb·F::BYTES` bytes (`rows` holds ROWS·row_bytes), and `acts` holds nb blocks.
+    // SAFETY: every step reads blocks `b..b + n` with `b + n <= nb`, which every row and `acts`
+    // hold (`whole_blocks`).
     unsafe {
         while b + 4 <= nb {
             for k in 0..ROWS {
-                // The same blocks of the row PREFETCH_GROUPS groups ahead: the stream of weights
-                // is requested early enough to hide the memory latency (prefetches never fault).
-                let ahead = r[k].w.wrapping_add(b * F::BYTES + PREFETCH_GROUPS * ROWS * row_bytes);
-                crate::quant::prefetch_lines(ahead, 4 * F::BYTES);
+                // The stream of weights is requested early enough to hide the memory latency.
+                crate::quant::prefetch_lines(ahead[k].wrapping_add(b * F::BYTES), 4 * F::BYTES);
                 acc[k] = step4::<F, M>(r[k], b, acc[k]);
             }
             b += 4;
@@ -563,7 +638,7 @@ unsafe fn dot_row4<F: Format, M: Madd>(rows: &[u8], row_bytes: usize, acts: Q8Re
     out
 }
 
-/// How many groups of [`ROWS`] rows ahead [`dot_row4`] prefetches.
+/// How many groups of [`ROWS`] rows ahead [`dot_row4`] and [`dot_gather`] prefetch.
 const PREFETCH_GROUPS: usize = 4;
 
 /// Blocks `b..b + 4` into `acc`.

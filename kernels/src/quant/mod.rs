@@ -194,6 +194,12 @@ impl RowKernels {
         legacy_q8::best_rows(dtype).or_else(|| kquants_q8::best_rows(dtype))
     }
 
+    /// The subset-of-rows form of [`RowKernels::dot_q8`] (legacy formats on x86-64 with AVX2);
+    /// callers fall back to calling `dot_q8` row by row.
+    pub fn dot_q8_gather(dtype: DType) -> Option<q8::DotQ8Gather> {
+        legacy_q8::best_gather(dtype)
+    }
+
     /// The kernels built for the compile target's baseline only, without run-time feature
     /// detection: what [`RowKernels::for_dtype`] falls back to. For tests and benchmarks that
     /// want to check or time both variants.

@@ -146,3 +146,8 @@ pub type DotQ8 = fn(row: &[u8], acts: Q8Ref<'_>) -> f32;
 /// One call per run of rows saves a call per row, and a kernel may share the activation loads
 /// between rows.
 pub type DotQ8Rows = fn(w: &[u8], row_bytes: usize, acts: Q8Ref<'_>, out: &mut [f32]);
+
+/// The integer dot of a subset of rows: `out[i]` = the dot of row `rows[i]` of `w` (rows of
+/// `row_bytes`) with `acts`, for `i < min(out.len(), rows.len())`; a row `w` does not hold gives
+/// 0. For sparse products, whose rows are scattered.
+pub type DotQ8Gather = fn(w: &[u8], row_bytes: usize, rows: &[u32], acts: Q8Ref<'_>, out: &mut [f32]);
