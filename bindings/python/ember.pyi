@@ -51,7 +51,9 @@ class Model:
     models are downloaded into $EMBER_HOME (default ~/.cache/ember) on first use.
     ctx: context length in tokens (default: the model's). threads: compute threads (default:
     all cores). gpu: "auto" (the CPU until GPU backends exist), "cpu" or "none"; "cuda:N",
-    "wgpu:N", vram, profile and sparsity raise NotImplementedError for now.
+    "wgpu:N" and vram raise NotImplementedError for now. profile: a sparsity profile made by
+    `ember profile` (default: "<model>.profile.safetensors" beside the model, when present);
+    sparsity: the share of FFN neurons to skip, overriding the profile's default (0 = dense).
 
     Raises ModelNotFoundError for a missing path, EmberError for a bad model file, ValueError
     for bad numbers."""
@@ -178,7 +180,11 @@ class Model:
     def perplexity(self, text: str, *, ctx: int = 512, windows: Optional[int] = None) -> Dict[str, float]:
         """Perplexity and top-1 accuracy of `text` over windows of `ctx` tokens, each run from an
         empty cache with every prediction scored (at most `windows` windows; default all).
-        Returns {"ppl", "top1", "nll", "tokens", "windows"}."""
+        Returns {"ppl", "top1", "nll", "tokens", "windows", "sparsity"} (share of FFN neurons
+        skipped; 0 when dense)."""
+    @property
+    def sparsity(self) -> Optional[str]:
+        """The FFN sparsity setting in use, e.g. "ffn_magnitude at 30% (path)"; None when dense."""
     @property
     def path(self) -> str:
         """The file or folder the model was opened from."""

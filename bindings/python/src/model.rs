@@ -9,6 +9,7 @@ use std::thread;
 
 use ember_engine::chat::Message;
 use ember_engine::eval::{self, PerplexityParams};
+use ember_engine::sparsity::SparsityOptions;
 use ember_engine::{hub, Engine, EngineOptions, Stream};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -36,16 +37,16 @@ impl Model {
         path: Option<PathBuf>,
         vram: Option<&Bound<'_, PyAny>>,
         gpu: &str,
-        profile: Option<&Bound<'_, PyAny>>,
-        sparsity: Option<&Bound<'_, PyAny>>,
+        profile: Option<PathBuf>,
+        sparsity: Option<f32>,
         threads: Option<&Bound<'_, PyAny>>,
         ctx: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Model> {
-        check_device(gpu, vram, profile, sparsity)?;
+        check_device(gpu, vram)?;
         let options = EngineOptions {
             ctx: ctx.map(|v| whole(v, "ctx")).transpose()?,
             threads: threads.map(|v| whole(v, "threads")).transpose()?,
-            ..Default::default()
+            sparsity: SparsityOptions { profile, sparsity, criterion: None },
         };
         let name = match &path {
             None => None,
@@ -108,7 +109,8 @@ impl Model {
     /// Perplexity of `text` the way the reference figures are measured: windows of `ctx`
     /// tokens (default 512), each from an empty cache, every prediction scored; at most `windows`
     /// windows (default: all that fit).
-    /// Returns {"ppl", "top1", "nll", "tokens", "windows"}. Ctrl-C interrupts it.
+    /// Returns {"ppl", "top1", "nll", "tokens", "windows", "sparsity"} (the share of FFN
+    /// neurons skipped; 0 when dense). Ctrl-C interrupts it.
     #[pyo3(signature = (text, *, ctx=None, windows=None))]
     fn perplexity<'py>(
         &self,
@@ -129,7 +131,14 @@ impl Model {
         d.set_item("nll", r.nll)?;
         d.set_item("tokens", r.tokens)?;
         d.set_item("windows", r.windows)?;
+        d.set_item("sparsity", r.sparsity.sparsity())?;
         Ok(d)
+    }
+
+    /// The FFN sparsity setting in use ("ffn_magnitude at 30% (path)"), or None when dense.
+    #[getter]
+    fn sparsity(&self) -> Option<String> {
+        self.engine.model.sparsity().map(|s| s.describe())
     }
 
     /// The file or folder the model was opened from.

@@ -103,15 +103,10 @@ impl GenOptions {
     }
 }
 
-/// `Model(gpu=…, vram=…, profile=…, sparsity=…)`: only the CPU exists so far. `gpu="auto"`
-/// quietly means the CPU; asking for a GPU, a VRAM budget, a sparsity profile or a sparsity
-/// target is a `NotImplementedError` that says so (rather than silently running on the CPU).
-pub fn check_device(
-    gpu: &str,
-    vram: Option<&Bound<'_, PyAny>>,
-    profile: Option<&Bound<'_, PyAny>>,
-    sparsity: Option<&Bound<'_, PyAny>>,
-) -> PyResult<()> {
+/// `Model(gpu=…, vram=…)`: only the CPU exists so far. `gpu="auto"` quietly means the CPU;
+/// asking for a GPU or a VRAM budget is a `NotImplementedError` that says so (rather than
+/// silently running on the CPU).
+pub fn check_device(gpu: &str, vram: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
     match gpu {
         "auto" | "cpu" | "none" => {}
         g if ["cuda", "wgpu"].iter().any(|b| g == *b || g.strip_prefix(b).is_some_and(|r| r.starts_with(':'))) => {
@@ -125,17 +120,11 @@ pub fn check_device(
             )))
         }
     }
-    for (name, value, what) in [
-        ("vram", vram, "VRAM budgets need a GPU backend"),
-        ("profile", profile, "activation-sparsity profiles"),
-        ("sparsity", sparsity, "activation sparsity"),
-    ] {
-        if let Some(v) = value {
-            return Err(PyNotImplementedError::new_err(format!(
-                "{name}={}: {what} are not implemented in Ember yet; leave `{name}` unset",
-                v.repr().map(|r| r.to_string()).unwrap_or_else(|_| "…".into())
-            )));
-        }
+    if let Some(v) = vram {
+        return Err(PyNotImplementedError::new_err(format!(
+            "vram={}: VRAM budgets need a GPU backend, which is not implemented in Ember yet; leave `vram` unset",
+            v.repr().map(|r| r.to_string()).unwrap_or_else(|_| "…".into())
+        )));
     }
     Ok(())
 }

@@ -40,13 +40,28 @@ def test_prompt_longer_than_the_context(model_path):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(vram="1GiB"), dict(vram=4 << 30), dict(gpu="cuda:0"), dict(gpu="wgpu:1"), dict(gpu="cuda"),
-     dict(profile="model.profile"), dict(sparsity=0.9)],
+    [dict(vram="1GiB"), dict(vram=4 << 30), dict(gpu="cuda:0"), dict(gpu="wgpu:1"), dict(gpu="cuda")],
 )
 def test_features_not_built_yet(model_path, kwargs):
     with pytest.raises(NotImplementedError) as err:
         ember.Model(model_path, **kwargs)
     assert next(iter(kwargs)) in str(err.value)
+
+
+def test_sparsity_settings_that_cannot_run_are_errors(model_path, tmp_path):
+    # No profile given and none beside the model: a sparsity cannot be calibrated.
+    with pytest.raises(ValueError, match="ember profile"):
+        ember.Model(model_path, sparsity=0.5, ctx=128)
+    missing = tmp_path / "missing.profile.safetensors"
+    with pytest.raises(ValueError, match="missing.profile.safetensors"):
+        ember.Model(model_path, profile=missing, ctx=128)
+    not_a_profile = tmp_path / "bad.profile.safetensors"
+    not_a_profile.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(ValueError, match="bad.profile.safetensors"):
+        ember.Model(model_path, profile=not_a_profile, ctx=128)
+    dense = ember.Model(model_path, sparsity=0.0, ctx=128)
+    assert dense.sparsity is None
+    assert dense.perplexity("The quick brown fox jumps over the lazy dog. " * 20, ctx=64, windows=1)["sparsity"] == 0.0
 
 
 def test_cpu_choices_open_the_model(model_path):
