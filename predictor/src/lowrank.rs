@@ -509,6 +509,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `Σ q[k]·x[k]` in f32; eight independent sums so the loop vectorizes.
+#[inline(always)]
 fn dot_i8(q: &[i8], x: &[f32]) -> f32 {
     let (cq, cx) = (q.chunks_exact(8), x.chunks_exact(8));
     let tail: f32 = cq.remainder().iter().zip(cx.remainder()).map(|(&a, b)| f32::from(a) * b).sum();
@@ -569,12 +570,29 @@ impl LowRankPredictor {
         out.extend(over.map(|(j, _)| j as u32));
     }
 
-    /// `logits = W2 · relu(W1 · x + b1) + b2` with the 8-bit rows dotted in f32.
+    /// `logits = W2 · relu(W1 · x + b1) + b2` with the 8-bit rows dotted in f32; the body is
+    /// compiled a second time for AVX2 + FMA, chosen at run time (8-wide instead of 4-wide).
     fn logits(&self, x: &[f32], hidden: &mut Vec<f32>, logits: &mut Vec<f32>) {
         assert_eq!(x.len(), self.dim, "predictor input has {} values, expected dim {}", x.len(), self.dim);
-        let (dim, rank) = (self.dim, self.rank);
-        hidden.resize(rank, 0.0); // (rank)
+        hidden.resize(self.rank, 0.0); // (rank)
         logits.resize(self.n_out, 0.0); // (n_out)
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected.
+            return unsafe { self.logits_avx2(x, hidden, logits) };
+        }
+        self.logits_body(x, hidden, logits)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn logits_avx2(&self, x: &[f32], hidden: &mut [f32], logits: &mut [f32]) {
+        self.logits_body(x, hidden, logits)
+    }
+
+    #[inline(always)]
+    fn logits_body(&self, x: &[f32], hidden: &mut [f32], logits: &mut [f32]) {
+        let (dim, rank) = (self.dim, self.rank);
         for (r, h) in hidden.iter_mut().enumerate() {
             let q = &self.w1_q[r * dim..(r + 1) * dim];
             *h = (self.b1[r] + self.w1_scale[r] * dot_i8(q, x)).max(0.0);
