@@ -49,7 +49,7 @@ impl Engine {
         let files = loader::open(path)?;
         let mut model = Model::load(&files.config, &files.weights)?;
         if let Some((profile, profile_path, criterion, sparsity)) = crate::sparsity::resolve(&files.path, &files.config, &options.sparsity)? {
-            model.sparse = Some(crate::sparsity::build(&profile, profile_path, criterion, sparsity, &model.down_mats())?);
+            model.sparse = Some(crate::sparsity::build(&profile, profile_path, criterion, sparsity, &model.ffn_mats())?);
         }
         if files.tokenizer.vocab_size() > files.config.vocab_size {
             return Err(EngineError::Config {
@@ -116,8 +116,8 @@ impl Engine {
             self.model.sparse = None;
             return Ok(());
         }
-        let downs = self.model.down_mats();
-        let built = self.install(|| crate::sparsity::build(profile, profile_path.to_path_buf(), criterion, sparsity, &downs))?;
+        let mats = self.model.ffn_mats();
+        let built = self.install(|| crate::sparsity::build(profile, profile_path.to_path_buf(), criterion, sparsity, &mats))?;
         self.model.sparse = Some(built);
         Ok(())
     }

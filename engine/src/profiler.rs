@@ -267,7 +267,7 @@ fn sweep(engine: &mut Engine, profile: &mut Profile, held: &[u32], params: &Prof
 
 /// Bytes of the per-neuron 8-bit `down` copy over the model's own `down` bytes.
 fn down_copy_ratio(engine: &Engine) -> f64 {
-    let downs = engine.model.down_mats();
+    let downs: Vec<_> = engine.model.ffn_mats().into_iter().map(|m| m.down).collect();
     let own: usize = downs.iter().map(|w| w.data.len()).sum();
     let copy: usize = downs.iter().map(|w| w.cols * w.rows.next_multiple_of(32) * 9 / 8).sum();
     copy as f64 / own.max(1) as f64

@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use ember_kernels::cpu::sparse::ColumnMajor;
+use ember_kernels::MatRef;
 use ember_predictor::lowrank::LowRankPredictor;
 use ember_predictor::profile::ModelShape;
 pub use ember_predictor::{Criterion, Profile};
@@ -42,8 +43,49 @@ pub struct SparseFfn {
 pub(crate) struct SparseLayer {
     /// h is kept where |h| > threshold.
     pub threshold: f32,
-    pub down_t: ColumnMajor, // (ffn_dim rows of dim): neuron j's down column
+    /// (ffn_dim rows of dim): the down column of the neuron at each position (the bundle's
+    /// hot order when there is a bundle, else neuron j at row j).
+    pub down_t: ColumnMajor,
     pub predictor: Option<LowRankPredictor>,
+    pub bundle: Option<Bundle>,
+}
+
+/// Gate and up rows of every neuron side by side, hottest neuron first (PowerInfer's
+/// row-column bundling for the CPU): a token's predicted neurons are then mostly near the
+/// front and each one is one contiguous read of its two rows. Copied from the model's bytes
+/// (exact); used by [`Criterion::Predictor`] decode.
+pub(crate) struct Bundle {
+    pub rows: Vec<u8>, // (2·ffn_dim, row_bytes): position p holds rows 2p (gate) and 2p+1 (up)
+    pub dtype: ember_kernels::DType,
+    pub cols: usize,
+    pub pos: Vec<u32>, // (ffn_dim): neuron j's position
+}
+
+impl Bundle {
+    fn new(gate: MatRef<'_>, up: MatRef<'_>, order: &[u32]) -> Option<Bundle> {
+        if gate.dtype != up.dtype || gate.cols != up.cols || gate.rows != up.rows {
+            return None;
+        }
+        let mut rows = Vec::with_capacity(gate.data.len() + up.data.len());
+        let mut pos = vec![0u32; order.len()];
+        for (p, &j) in order.iter().enumerate() {
+            rows.extend_from_slice(gate.row(j as usize));
+            rows.extend_from_slice(up.row(j as usize));
+            pos[j as usize] = p as u32;
+        }
+        Some(Bundle { rows, dtype: gate.dtype, cols: gate.cols, pos })
+    }
+
+    pub fn mat(&self) -> MatRef<'_> {
+        MatRef { dtype: self.dtype, rows: 2 * self.pos.len(), cols: self.cols, data: &self.rows }
+    }
+}
+
+/// One layer's FFN weights, as the sparse setting reads them.
+pub(crate) struct FfnMats<'a> {
+    pub gate: MatRef<'a>, // (ffn_dim, dim)
+    pub up: MatRef<'a>,   // (ffn_dim, dim)
+    pub down: MatRef<'a>, // (dim, ffn_dim)
 }
 
 impl SparseFfn {
@@ -54,7 +96,10 @@ impl SparseFfn {
 
     /// Extra bytes the setting holds (the per-neuron `down` copies and the predictors).
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| l.down_t.bytes() + l.predictor.as_ref().map_or(0, |p| p.bytes())).sum()
+        let layer = |l: &SparseLayer| {
+            l.down_t.bytes() + l.predictor.as_ref().map_or(0, |p| p.bytes()) + l.bundle.as_ref().map_or(0, |b| b.rows.len())
+        };
+        self.layers.iter().map(layer).sum()
     }
 }
 
@@ -120,27 +165,37 @@ pub fn resolve(model_path: &Path, config: &ModelConfig, options: &SparsityOption
     Ok(Some((profile, path, criterion, sparsity)))
 }
 
-/// Builds the runtime setting: per-layer thresholds and the per-neuron `down` copies.
-pub(crate) fn build(
-    profile: &Profile,
-    path: PathBuf,
-    criterion: Criterion,
-    sparsity: f32,
-    downs: &[ember_kernels::MatRef<'_>],
-) -> Result<SparseFfn> {
-    let down_t: Vec<ColumnMajor> = downs.par_iter().map(|w| ColumnMajor::from_mat(*w)).collect::<Result<_, _>>()?;
-    let layers = down_t
-        .into_iter()
+/// Builds the runtime setting: per-layer thresholds, the per-neuron `down` copies and, for
+/// the predictor, the hot-ordered gate/up bundles.
+pub(crate) fn build(profile: &Profile, path: PathBuf, criterion: Criterion, sparsity: f32, mats: &[FfnMats<'_>]) -> Result<SparseFfn> {
+    let ffn = profile.meta.model.ffn_dim;
+    let layers = mats
+        .par_iter()
         .enumerate()
-        .map(|(l, down_t)| SparseLayer {
-            threshold: profile.h_threshold(l, sparsity),
-            down_t,
-            predictor: match criterion {
+        .map(|(l, m)| {
+            let predictor = match criterion {
                 Criterion::Predictor => profile.predictors[l].clone(),
                 _ => None,
-            },
+            };
+            let (order, bundle) = match predictor {
+                Some(_) => {
+                    let freq = &profile.frequency[l * ffn..(l + 1) * ffn];
+                    let mut order: Vec<u32> = (0..ffn as u32).collect();
+                    order.sort_by(|&a, &b| freq[b as usize].total_cmp(&freq[a as usize]).then(a.cmp(&b)));
+                    let bundle = Bundle::new(m.gate, m.up, &order);
+                    (order, bundle)
+                }
+                None => ((0..ffn as u32).collect(), None),
+            };
+            let order = if bundle.is_some() { order } else { (0..ffn as u32).collect() };
+            Ok(SparseLayer {
+                threshold: profile.h_threshold(l, sparsity),
+                down_t: ColumnMajor::from_mat_ordered(m.down, &order)?,
+                predictor,
+                bundle,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>>>()?;
     Ok(SparseFfn { criterion, sparsity, profile_path: path, layers })
 }
 

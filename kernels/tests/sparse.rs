@@ -123,6 +123,27 @@ fn column_major_rows_are_the_columns() {
     }
 }
 
+/// An ordered copy holds the same rows as the plain one, moved to their positions; an order
+/// that is not a permutation is an error.
+#[test]
+fn ordered_column_major_permutes_the_rows() {
+    let (data, _) = random_mat(DType::Q4_1, 40, 4, 5);
+    let w = MatRef::new(DType::Q4_1, 40, 128, &data).unwrap();
+    let plain = ColumnMajor::from_mat(w).unwrap();
+    let order: Vec<u32> = (0..128u32).map(|k| (k * 37 + 11) % 128).collect();
+    let ordered = ColumnMajor::from_mat_ordered(w, &order).unwrap();
+    let (mut a, mut b) = (vec![0.0; 40], vec![0.0; 40]);
+    for (k, &j) in order.iter().enumerate() {
+        plain.row_f32(j as usize, &mut a);
+        ordered.row_f32(k, &mut b);
+        assert_eq!(a, b, "position {k} should hold column {j}");
+    }
+    let mut repeated = order.clone();
+    repeated[5] = repeated[6];
+    assert!(ColumnMajor::from_mat_ordered(w, &repeated).is_err());
+    assert!(ColumnMajor::from_mat_ordered(w, &order[..127]).is_err());
+}
+
 #[test]
 fn shape_mismatches_are_errors() {
     let (data, _) = random_mat(DType::Q8_0, 8, 2, 0);

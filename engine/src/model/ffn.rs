@@ -11,7 +11,7 @@ use ember_predictor::Criterion;
 use super::{run_group, Layer, Model, Scratch};
 use crate::config::Activation;
 use crate::error::Result;
-use crate::sparsity::SparseLayer;
+use crate::sparsity::{Bundle, SparseLayer};
 
 /// Sees each layer's FFN input and intermediate during a forward pass (the profiler).
 pub trait FfnObserver: Send {
@@ -87,7 +87,10 @@ impl Model {
         let predictor = sl.predictor.as_ref().filter(|_| criterion == Criterion::Predictor);
         if let Some(p) = predictor {
             p.predict(&s.h, &mut sp.hidden, &mut sp.logits, &mut sp.cand);
-            self.candidate_rows(layer, s, sl.threshold, false)?;
+            match &sl.bundle {
+                Some(b) => self.bundled_rows(b, s, sl.threshold)?,
+                None => self.candidate_rows(layer, s, sl.threshold, false)?,
+            }
         } else if act == Activation::Relu {
             // Gate first: up and down only where act(gate) is not zero.
             run_group(&mut [Product { w: layer.w_gate.mat(), out: &mut s.gate }], &s.h, 1, &mut s.h_q8)?;
@@ -116,6 +119,39 @@ impl Model {
         };
         s.stats.total += ffn as u64;
         axpy_rows(&sl.down_t, &s.sp.idx, &s.sp.coef, &mut s.ffn_out, &mut s.sp.axpy)?;
+        Ok(())
+    }
+
+    /// h over the candidate neurons `s.sp.cand`, read from the hot-ordered bundle in position
+    /// order (both rows of a neuron in one read); `s.sp.idx` gets positions, as `down_t` is in
+    /// the bundle's order.
+    fn bundled_rows(&self, b: &Bundle, s: &mut Scratch, threshold: f32) -> Result<()> {
+        let act = self.config.activation;
+        let sp = &mut s.sp;
+        sp.marks.clear();
+        sp.marks.resize(b.pos.len(), false);
+        for &j in &sp.cand {
+            sp.marks[b.pos[j as usize] as usize] = true;
+        }
+        sp.pairs.clear();
+        for (p, _) in sp.marks.iter().enumerate().filter(|(_, m)| **m) {
+            sp.pairs.extend([2 * p as u32, 2 * p as u32 + 1]);
+        }
+        sp.cg.resize(sp.pairs.len(), 0.0); // (gate, up) of each candidate, in position order
+        let w = b.mat();
+        let quantize = needs_q8(&w);
+        if quantize {
+            quantize_q8(&s.h, &mut s.h_q8);
+        }
+        let input = Input { x: &s.h, q8: quantize.then_some(&s.h_q8), n_tokens: 1 };
+        matvec_rows(&mut [RowsProduct { w, out: &mut sp.cg }], &sp.pairs, input)?;
+        for (gu, pair) in sp.cg.chunks_exact(2).zip(sp.pairs.chunks_exact(2)) {
+            let h = activate(act, gu[0]) * gu[1];
+            if h.abs() > threshold {
+                sp.idx.push(pair[0] / 2);
+                sp.coef.push(h);
+            }
+        }
         Ok(())
     }
 
@@ -173,4 +209,6 @@ pub struct SparseScratch {
     pub(super) hidden: Vec<f32>, // (rank) predictor scratch
     pub(super) logits: Vec<f32>, // (ffn_dim) predictor scratch
     pub(super) axpy: ember_kernels::cpu::sparse::AxpyScratch,
+    pub(super) marks: Vec<bool>, // (ffn_dim) candidates by bundle position
+    pub(super) pairs: Vec<u32>,  // bundle rows of the candidates: 2p, 2p + 1, …
 }

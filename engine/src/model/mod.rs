@@ -213,9 +213,9 @@ impl Model {
         run_group(&mut [Product { w: self.output.mat(), out: &mut s.logits }], &s.h[..m * dim], m, &mut s.h_q8)
     }
 
-    /// Each layer's `down` matrix, `(dim, ffn_dim)`.
-    pub(crate) fn down_mats(&self) -> Vec<ember_kernels::MatRef<'_>> {
-        self.layers.iter().map(|l| l.w_down.mat()).collect()
+    /// Each layer's FFN matrices.
+    pub(crate) fn ffn_mats(&self) -> Vec<crate::sparsity::FfnMats<'_>> {
+        self.layers.iter().map(|l| crate::sparsity::FfnMats { gate: l.w_gate.mat(), up: l.w_up.mat(), down: l.w_down.mat() }).collect()
     }
 
     /// The FFN sparsity setting in use.

@@ -34,7 +34,22 @@ pub struct ColumnMajor {
 impl ColumnMajor {
     /// Transposes and requantizes `w` (`(n_outputs, n_inputs)`, any format).
     pub fn from_mat(w: MatRef<'_>) -> Result<ColumnMajor> {
+        let order: Vec<u32> = (0..w.cols as u32).collect();
+        Self::from_mat_ordered(w, &order)
+    }
+
+    /// As [`ColumnMajor::from_mat`], row `k` holding input column `order[k]` (a permutation of
+    /// W's columns: e.g. the neurons hottest first, so the rows a token reads lie close).
+    pub fn from_mat_ordered(w: MatRef<'_>, order: &[u32]) -> Result<ColumnMajor> {
         let (rows, cols) = (w.rows, w.cols);
+        let mut seen = vec![false; cols];
+        if order.len() != cols || order.iter().any(|&j| (j as usize) >= cols || std::mem::replace(&mut seen[j as usize], true)) {
+            return Err(KernelError::Shape {
+                op: "ColumnMajor::from_mat_ordered",
+                expected: format!("a permutation of 0..{cols}"),
+                got: format!("{} indices", order.len()),
+            });
+        }
         let padded = rows.next_multiple_of(Q8_BLOCK);
         let mut t = vec![0.0f32; cols * padded]; // (cols, padded): Wᵀ in f32
         let kernels = RowKernels::for_dtype(w.dtype);
@@ -47,8 +62,8 @@ impl ColumnMajor {
             let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             scale[r] = max;
             let inv = if max > 0.0 { 1.0 / max } else { 0.0 };
-            for (j, v) in row.iter().enumerate() {
-                t[j * padded + r] = *v * inv;
+            for (k, &j) in order.iter().enumerate() {
+                t[k * padded + r] = row[j as usize] * inv;
             }
         }
         let mut q = vec![0i8; cols * padded];
