@@ -3,14 +3,16 @@
 //! forward call; then `N` decode steps of one token each, each step a forward call followed by a
 //! greedy pick of the next token (the same work as real greedy decoding). One warm-up repetition
 //! is run first and not counted. Tokens/s are averaged over repetitions (mean ± sample standard
-//! deviation, as llama-bench reports them).
+//! deviation, as llama-bench reports them). With `--text FILE` the prompt is the file's first `P`
+//! tokens and decoding is fed its next `N` (what a sparse setting's predictor meets in use).
 //!
 //! Human output is a llama-bench-like table on stdout; `--json` prints one line instead. Progress
 //! goes to stderr.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use ember_engine::model::Logits;
 use ember_engine::sampling::{Sampler, SamplingParams};
@@ -42,6 +44,11 @@ pub struct BenchArgs {
     /// Print one JSON line instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Take the prompt and the decoded tokens from this text (decode is fed the text's next
+    /// token, not its own choice) instead of pseudo-random ids: what sparse settings and their
+    /// predictors meet in use.
+    #[arg(long)]
+    pub text: Option<PathBuf>,
     #[command(flatten)]
     pub sparse: SparseArgs,
 }
@@ -63,15 +70,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let model_args = ModelArgs { model: a.model.clone(), ctx: Some(a.prompt + a.gen + 1), threads: a.threads, sparse: a.sparse.clone() };
     let engine = model_args.open()?;
     let vocab = engine.tokenizer.vocab_size().min(engine.config().vocab_size).max(1);
-    let prompt = prompt_ids(a.seed, a.prompt, vocab);
+    let (prompt, forced) = match &a.text {
+        None => (prompt_ids(a.seed, a.prompt, vocab), None),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let ids = engine.tokenizer.encode(&text, false)?;
+            if ids.len() < a.prompt + a.gen.max(1) {
+                bail!("{}: {} tokens, fewer than -p {} + -n {}", path.display(), ids.len(), a.prompt, a.gen);
+            }
+            (ids[..a.prompt].to_vec(), Some(ids[a.prompt..a.prompt + a.gen.max(1)].to_vec()))
+        }
+    };
     // Without a prefill, decoding starts from the first id of the same pseudo-random sequence.
     let first = prompt_ids(a.seed, 1, vocab)[0];
 
     log::info("warm-up repetition");
-    one_rep(&engine, &prompt, first, a.gen)?;
+    one_rep(&engine, &prompt, first, a.gen, forced.as_deref())?;
     let mut reps = Vec::with_capacity(a.reps);
     for i in 0..a.reps {
-        let r = one_rep(&engine, &prompt, first, a.gen)?;
+        let r = one_rep(&engine, &prompt, first, a.gen, forced.as_deref())?;
         log::info(&format!("rep {}/{}: {}", i + 1, a.reps, describe(&r, a.prompt, a.gen)));
         reps.push(r);
     }
@@ -100,8 +117,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// One repetition on a fresh KV cache: the prefill as one forward call, then `gen` decode steps.
-fn one_rep(engine: &Engine, prompt: &[u32], first: u32, gen: usize) -> Result<Rep> {
+/// One repetition on a fresh KV cache: the prefill as one forward call, then `gen` decode steps,
+/// each feeding the greedy choice, or the next token of `forced` (the text's own tokens).
+fn one_rep(engine: &Engine, prompt: &[u32], first: u32, gen: usize, forced: Option<&[u32]>) -> Result<Rep> {
     let model = &engine.model;
     let mut cache = model.new_cache(prompt.len() + gen + 1);
     let mut sampler = Sampler::new(SamplingParams::greedy())?;
@@ -120,10 +138,16 @@ fn one_rep(engine: &Engine, prompt: &[u32], first: u32, gen: usize) -> Result<Re
     let mut decode_s = None;
     if gen > 0 {
         let t0 = Instant::now();
-        for _ in 0..gen {
+        if let Some(&t) = forced.and_then(|f| f.first()) {
+            next = t;
+        }
+        for i in 0..gen {
             history.push(next);
             let logits = engine.forward(&[next], &mut cache, Logits::Last)?;
-            next = sampler.sample(&logits, &history);
+            next = match forced.and_then(|f| f.get(i + 1)) {
+                Some(&t) => t,
+                None => sampler.sample(&logits, &history),
+            };
         }
         decode_s = Some(t0.elapsed().as_secs_f64());
     }

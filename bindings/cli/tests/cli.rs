@@ -618,3 +618,42 @@ fn bad_arguments_fail_without_panicking() {
     let out = ember(&["run", "--ctx", "0", "--raw", "hello"]).fails();
     assert!(out.stderr.contains("ctx"), "{}", out.stderr);
 }
+
+/// `synth` → `profile` → `bench --text` with the profile beside the model, as a user runs the
+/// sparsity pipeline: the synthetic ReLU model's FFN is ~90% inactive by construction, so the
+/// profiler must find it, write the profile where `--profile` looks by default, and the sparse
+/// decode must report about that sparsity. Bad arguments of the new commands fail clearly.
+#[test]
+fn synth_profile_and_sparse_bench_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("synth.gguf");
+    let m = model.to_str().unwrap();
+    let o = ember(&["synth", "--shape", "tiny", "--act", "relu", "--sparsity", "0.9", "--quant", "q8_0", "-o", m]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let corpus = shared_dir("EMBER_DATA_DIR", "data").join("tinyshakespeare.txt");
+    let o = ember(&["profile", "-m", m, "--corpus", corpus.to_str().unwrap(), "--ctx", "128", "--tokens", "512", "--samples", "256", "--heldout", "256"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(dir.path().join("synth.profile.safetensors").is_file(), "the profile goes beside the model: {}", o.stderr);
+    assert!(o.stdout.contains("default:") && o.stdout.contains("ffn_magnitude"), "{}", o.stdout);
+    let text = shared_dir("EMBER_DATA_DIR", "data").join("wikitext-2-tokens-test.txt");
+    let o = ember(&["bench", "-m", m, "-p", "16", "-n", "16", "-r", "1", "--text", text.to_str().unwrap(), "--sparsity", "0.5", "--json"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    let j: Value = serde_json::from_str(o.stdout.trim()).expect("one JSON line");
+    let sparsity = j["sparsity"].as_f64().expect("the sparsity reached");
+    // ReLU zeros (~90%) are skipped whatever the 50% threshold asks.
+    assert!((0.8..=0.97).contains(&sparsity), "decode sparsity {sparsity}");
+    assert!(j["decode_ffn_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{j}");
+
+    let bad = [
+        (vec!["synth", "--shape", "huge", "-o", m], "--shape"),
+        (vec!["synth", "--act", "tanh", "-o", m], "--act"),
+        (vec!["synth", "--quant", "q3_k", "-o", m], "--quant"),
+        (vec!["bench", "-m", m, "-n", "4", "--profile", "/nonexistent.profile.safetensors"], "/nonexistent.profile.safetensors"),
+        (vec!["run", "--criterion", "magic", "hi"], "criterion"),
+    ];
+    for (args, needle) in bad {
+        let o = ember(&args);
+        assert!(o.code.is_some_and(|c| c != 0), "{args:?} should fail: {}", o.stderr);
+        assert!(o.stderr.contains(needle), "{args:?}: expected {needle:?} in {}", o.stderr);
+    }
+}
