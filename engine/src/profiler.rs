@@ -7,8 +7,8 @@
 //!    (hotness, skew) and, when predictors are asked for, (x, kept set) training pairs.
 //! 3. Predictors: trained per layer, calibrated for a recall on a held-out tenth of the pairs.
 //! 4. Sweep on a held-out slice of the corpus (tokens after the calibration ones): perplexity
-//!    dense and at each setting; the default is the setting within the perplexity budget that
-//!    reads the fewest FFN bytes per token, or dense when none reads fewer than dense.
+//!    dense and at each setting, and decode speed of those within the perplexity budget; the
+//!    default is the fastest of them when it decodes at least 3% faster than dense, else dense.
 
 use ember_predictor::lowrank::{self, Dataset, TrainConfig};
 use ember_predictor::profile::{DefaultSetting, LayerSummary, PredictorSummary, ProfileMeta, SweepPoint, PROFILE_VERSION};
@@ -205,7 +205,16 @@ impl FfnObserver for Counts {
     }
 }
 
-/// Step 4: perplexity on the held-out slice for each setting, and the default.
+/// A sparse default must decode at least this much faster than dense: closer than that, the
+/// timing noise of a shared machine decides, and dense is the safer choice.
+const MIN_SPEEDUP: f64 = 1.03;
+
+/// Decode steps timed per setting, and repetitions (the fastest counts).
+const TIMED_STEPS: usize = 48;
+const TIMED_REPS: usize = 3;
+
+/// Step 4: perplexity on the held-out slice for each setting; decode speed of those within the
+/// budget; the default is the fastest of them, when it beats dense.
 fn sweep(engine: &mut Engine, profile: &mut Profile, held: &[u32], params: &ProfileParams, progress: Progress<'_>) -> Result<()> {
     let path = std::path::PathBuf::from("(profile being made)");
     let ppl_params = PerplexityParams { ctx: params.ctx, windows: None, chunk: 128 };
@@ -216,9 +225,8 @@ fn sweep(engine: &mut Engine, profile: &mut Profile, held: &[u32], params: &Prof
     let points: Vec<(Criterion, f32)> = std::iter::once((Criterion::Dense, 0.0))
         .chain(criteria.iter().flat_map(|&c| params.sparsities.iter().map(move |&s| (c, s))))
         .collect();
-    let (mut dense_ppl, mut stopped) = (0.0, Vec::new());
-    let ratio = down_copy_ratio(engine);
-    let mut best: Option<(f64, SweepPoint)> = None;
+    let (mut dense, mut stopped) = (None::<SweepPoint>, Vec::new());
+    let mut best: Option<SweepPoint> = None;
     for (i, &(criterion, sparsity)) in points.iter().enumerate() {
         progress("held-out sweep", i, points.len());
         if stopped.contains(&criterion) {
@@ -226,49 +234,60 @@ fn sweep(engine: &mut Engine, profile: &mut Profile, held: &[u32], params: &Prof
         }
         engine.set_sparsity(profile, &path, criterion, sparsity)?;
         let r = perplexity_of_tokens(engine, held, &ppl_params, &mut |_, _| {})?;
-        let point = SweepPoint { criterion, sparsity, ppl: r.ppl, achieved: r.sparsity.sparsity() as f32 };
-        if criterion == Criterion::Dense {
-            dense_ppl = r.ppl;
-        } else if r.ppl > dense_ppl * (1.0 + params.ppl_budget) {
+        let mut point = SweepPoint { criterion, sparsity, ppl: r.ppl, achieved: r.sparsity.sparsity() as f32, decode_tps: None };
+        let dense_ppl = dense.as_ref().map_or(r.ppl, |d| d.ppl);
+        if criterion != Criterion::Dense && r.ppl > dense_ppl * (1.0 + params.ppl_budget) {
             stopped.push(criterion); // higher sparsities only lose more
         } else {
-            // FFN bytes per token relative to dense: gate and up rows read, plus down's
-            // per-neuron rows (8-bit copy, `ratio` times the model's down bytes) of the kept.
-            let bytes = (2.0 * r.sparsity.gate_up_fraction() + ratio * (1.0 - point.achieved as f64)) / 3.0;
-            if best.as_ref().is_none_or(|(b, _)| bytes < *b) {
-                best = Some((bytes, point.clone()));
+            point.decode_tps = Some(decode_rate(engine, held, params.ctx)?);
+            if criterion == Criterion::Dense {
+                dense = Some(point.clone());
+            } else if best.as_ref().is_none_or(|b| point.decode_tps > b.decode_tps) {
+                best = Some(point.clone());
             }
         }
         profile.meta.sweep.push(point);
     }
     progress("held-out sweep", points.len(), points.len());
     engine.set_sparsity(profile, &path, Criterion::Dense, 0.0)?;
-    let budget = format!("+{:.1}% perplexity", params.ppl_budget * 100.0);
+    let dense = dense.ok_or(EngineError::Param { name: "sparsities", problem: "the sweep measured no dense point".into() })?;
+    let (dense_tps, budget) = (dense.decode_tps.unwrap_or(0.0), format!("+{:.1}% perplexity", params.ppl_budget * 100.0));
+    let setting = |p: &SweepPoint, reason: String| DefaultSetting {
+        criterion: p.criterion,
+        sparsity: p.sparsity,
+        dense_ppl: dense.ppl,
+        ppl: p.ppl,
+        heldout_tokens: held.len(),
+        reason,
+    };
     profile.meta.default = match best {
-        Some((bytes, p)) if bytes < 1.0 => DefaultSetting {
-            criterion: p.criterion,
-            sparsity: p.sparsity,
-            dense_ppl,
-            ppl: p.ppl,
-            heldout_tokens: held.len(),
-            reason: format!("fewest FFN bytes per token ({:.0}% of dense) within {budget}", bytes * 100.0),
-        },
-        _ => DefaultSetting {
-            criterion: Criterion::Dense,
-            sparsity: 0.0,
-            dense_ppl,
-            ppl: dense_ppl,
-            heldout_tokens: held.len(),
-            reason: format!("no sparse setting within {budget} reads fewer FFN bytes than dense"),
-        },
+        Some(b) if b.decode_tps.unwrap_or(0.0) >= dense_tps * MIN_SPEEDUP => {
+            let tps = b.decode_tps.unwrap_or(0.0);
+            setting(&b, format!("fastest decode within {budget}: {tps:.1} vs {dense_tps:.1} tokens/s dense"))
+        }
+        Some(b) => {
+            let tps = b.decode_tps.unwrap_or(0.0);
+            let why = format!("no setting within {budget} decodes {:.0}% faster than dense (best {} at {:.0}%: {tps:.1} vs {dense_tps:.1} tokens/s)", (MIN_SPEEDUP - 1.0) * 100.0, b.criterion.name(), b.sparsity * 100.0);
+            setting(&dense, why)
+        }
+        None => setting(&dense, format!("no sparse setting within {budget}")),
     };
     Ok(())
 }
 
-/// Bytes of the per-neuron 8-bit `down` copy over the model's own `down` bytes.
-fn down_copy_ratio(engine: &Engine) -> f64 {
-    let downs: Vec<_> = engine.model.ffn_mats().into_iter().map(|m| m.down).collect();
-    let own: usize = downs.iter().map(|w| w.data.len()).sum();
-    let copy: usize = downs.iter().map(|w| w.cols * w.rows.next_multiple_of(32) * 9 / 8).sum();
-    copy as f64 / own.max(1) as f64
+/// Decode tokens/s of the current setting: `TIMED_STEPS` held-out tokens fed one at a time after
+/// the first, the fastest of `TIMED_REPS` repetitions.
+fn decode_rate(engine: &Engine, held: &[u32], ctx: usize) -> Result<f64> {
+    let steps = TIMED_STEPS.min(held.len()).min(ctx);
+    let mut cache = engine.model.new_cache(ctx);
+    let mut best = f64::INFINITY;
+    for _ in 0..TIMED_REPS {
+        cache.clear();
+        let t0 = std::time::Instant::now();
+        for &t in &held[..steps] {
+            engine.forward(&[t], &mut cache, Logits::Last)?;
+        }
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    Ok(steps as f64 / best.max(1e-9))
 }

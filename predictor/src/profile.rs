@@ -86,6 +86,9 @@ pub struct SweepPoint {
     pub ppl: f64,
     /// Share of FFN neurons skipped, as measured while scoring.
     pub achieved: f32,
+    /// Decode tokens/s measured by the profiler (points within the perplexity budget).
+    #[serde(default)]
+    pub decode_tps: Option<f64>,
 }
 
 /// Per-layer summary for people (the tensors hold the details).

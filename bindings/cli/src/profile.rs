@@ -87,11 +87,12 @@ pub fn run(mut a: ProfileArgs) -> Result<()> {
 fn print_summary(p: &Profile) {
     let m = &p.meta;
     println!("held-out sweep ({} tokens after the {} calibration tokens of {}):", m.default.heldout_tokens, m.tokens, m.corpus);
-    println!("| criterion | target | achieved | perplexity | vs dense |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| criterion | target | achieved | perplexity | vs dense | decode t/s |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for s in &m.sweep {
         let rel = (s.ppl / m.default.dense_ppl - 1.0) * 100.0;
-        println!("| {} | {:.0}% | {:.1}% | {:.3} | {rel:+.2}% |", s.criterion.name(), s.sparsity * 100.0, s.achieved * 100.0, s.ppl);
+        let tps = s.decode_tps.map_or("-".to_string(), |t| format!("{t:.1}"));
+        println!("| {} | {:.0}% | {:.1}% | {:.3} | {rel:+.2}% | {tps} |", s.criterion.name(), s.sparsity * 100.0, s.achieved * 100.0, s.ppl);
     }
     let d = &m.default;
     println!("default: {} at {:.0}% ({})", d.criterion.name(), d.sparsity * 100.0, d.reason);
