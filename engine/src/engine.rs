@@ -24,6 +24,13 @@ pub struct EngineOptions {
     /// FFN activation sparsity: the profile and the setting (dense when no profile is given
     /// or found beside the model).
     pub sparsity: crate::sparsity::SparsityOptions,
+    /// The GPU to offload to (`auto`: the first real GPU found, else the CPU only).
+    pub gpu: ember_kernels::backend::DeviceSpec,
+    /// Bytes of device memory the placement may use; `None`: what the device reports free
+    /// (or, when it cannot tell, the whole model).
+    pub vram: Option<u64>,
+    /// How the placement splits the model between the GPU and the CPU.
+    pub offload: crate::placement::Offload,
 }
 
 /// A loaded model: weights (memory-mapped), tokenizer, chat template. `Engine` is `Send + Sync`;

@@ -60,6 +60,7 @@ pub mod hub;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
+pub mod placement;
 pub mod profiler;
 pub mod sampling;
 pub mod sparsity;

@@ -14,4 +14,8 @@ pub enum KernelError {
     Overflow { what: &'static str },
     #[error("{op} is not supported for format {dtype}")]
     Unsupported { op: &'static str, dtype: &'static str },
+    #[error("the {0} backend is not compiled into this build (cargo feature `{0}`)")]
+    NotCompiled(&'static str),
+    #[error("{backend}: {op}: {problem}")]
+    Device { backend: String, op: &'static str, problem: String },
 }

@@ -4,8 +4,11 @@
 //!   quantized row with an f32 activation vector.
 //! - [`cpu`]: matrix-vector and matrix-matrix products over quantized weights, parallel with rayon,
 //!   SIMD chosen at run time; RMSNorm, RoPE, softmax, SwiGLU.
+//! - [`backend`]: the device interface ([`backend::Backend`]) and its CPU, wgpu and CUDA
+//!   implementations (the latter two behind cargo features).
 //! - [`reference`]: naive f32 versions of every op, the oracle the tests compare each kernel with.
 
+pub mod backend;
 pub mod cpu;
 pub mod error;
 pub mod quant;
