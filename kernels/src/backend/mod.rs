@@ -121,6 +121,17 @@ pub trait Backend: Send + Sync {
     /// Waits until every queued op has finished.
     fn synchronize(&self) -> Result<()>;
 
+    /// Starts the queued work without waiting for it (a backend that records ops before
+    /// submitting them submits here), so the CPU can compute meanwhile.
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// `(free, total)` device memory in bytes, when the device tells.
+    fn memory(&self) -> Option<(u64, u64)> {
+        None
+    }
+
     /// `dst[dst_off..dst_off+n] = src[src_off..src_off+n]` (f32 elements).
     fn copy(&self, src: &DeviceBuffer, src_off: usize, dst: &DeviceBuffer, dst_off: usize, n: usize) -> Result<()>;
 
