@@ -223,6 +223,9 @@ pub enum DeviceSpec {
     None,
     Cuda(usize),
     Wgpu(usize),
+    /// [`cpu::CpuBackend`] standing in for a GPU: runs the hybrid executor on a machine without
+    /// one (tests, debugging); never faster than the CPU alone.
+    Host,
 }
 
 impl FromStr for DeviceSpec {
@@ -231,13 +234,14 @@ impl FromStr for DeviceSpec {
         let index = |rest: &str| rest.parse::<usize>().map_err(|_| format!("device index '{rest}' in '{s}' is not a number"));
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(DeviceSpec::Auto),
+            "host" => Ok(DeviceSpec::Host),
             "none" | "cpu" => Ok(DeviceSpec::None),
             "cuda" => Ok(DeviceSpec::Cuda(0)),
             "wgpu" => Ok(DeviceSpec::Wgpu(0)),
             t => match t.split_once(':') {
                 Some(("cuda", n)) => Ok(DeviceSpec::Cuda(index(n)?)),
                 Some(("wgpu", n)) => Ok(DeviceSpec::Wgpu(index(n)?)),
-                _ => Err(format!("unknown device '{s}': expected auto, none, cuda:N or wgpu:N")),
+                _ => Err(format!("unknown device '{s}': expected auto, none, cuda:N, wgpu:N or host")),
             },
         }
     }
@@ -250,6 +254,7 @@ impl fmt::Display for DeviceSpec {
             DeviceSpec::None => write!(f, "none"),
             DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
             DeviceSpec::Wgpu(i) => write!(f, "wgpu:{i}"),
+            DeviceSpec::Host => write!(f, "host"),
         }
     }
 }
@@ -260,6 +265,7 @@ impl fmt::Display for DeviceSpec {
 pub fn open(spec: DeviceSpec) -> Result<Option<Arc<dyn Backend>>> {
     match spec {
         DeviceSpec::None => Ok(None),
+        DeviceSpec::Host => Ok(Some(Arc::new(cpu::CpuBackend::new()))),
         DeviceSpec::Cuda(i) => open_cuda(i).map(Some),
         DeviceSpec::Wgpu(i) => open_wgpu(i, false).map(Some),
         DeviceSpec::Auto => {
