@@ -39,12 +39,25 @@ run: build model
 	$(EMBER) run --max-tokens $(MAX_TOKENS) "$(PROMPT)"
 
 # Every suite runs even when an earlier one fails; the target fails if any did.
-test: prereqs model
+test: prereqs model cuda-toolchain
 	status=0; \
 	$(CARGO) test --workspace --release --no-fail-fast || status=1; \
+	EMBER_REQUIRE_NVRTC=1 LD_LIBRARY_PATH=$(CUDA_NVIDIA)/cuda_nvrtc/lib:$${LD_LIBRARY_PATH:-} PATH=$(CUDA_NVIDIA)/cuda_nvcc/bin:$$PATH $(CARGO) test --release -p ember-kernels --features cuda --test cuda_compile || status=1; \
 	$(MAKE) --no-print-directory test-python || status=1; \
 	$(MAKE) --no-print-directory test-server || status=1; \
 	exit $$status
+
+# The CUDA compile check's toolchain from PyPI, no GPU or CUDA install needed: NVRTC (libnvrtc,
+# loaded by cudarc at run time), the runtime headers, and ptxas. Installed once into
+# $(CUDA_VENV); CUDA_NVIDIA is its site-packages/nvidia folder (a shell expression for recipes).
+CUDA_VENV := $(CURDIR)/target/cuda-venv
+CUDA_NVIDIA = $$($(CUDA_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia
+CUDA_PACKAGES := nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-nvcc-cu12==12.9.86
+.PHONY: cuda-toolchain
+cuda-toolchain: prereqs
+	@test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
+	@test -f $(CUDA_NVIDIA)/cuda_nvrtc/lib/libnvrtc.so.12 -a -x $(CUDA_NVIDIA)/cuda_nvcc/bin/ptxas \
+	  || $(CUDA_VENV)/bin/python -m pip install -q --disable-pip-version-check $(CUDA_PACKAGES)
 
 # A virtual environment with the Python test tools (bindings/requirements-test.txt).
 PYENV := $(CURDIR)/target/pyenv
