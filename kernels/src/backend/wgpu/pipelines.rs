@@ -1,0 +1,163 @@
+//! The compute pipelines, built on first use and kept: one per kernel and, for the weight
+//! kernels, per format. A weight kernel's source is `common.wgsl` (byte access), the format's
+//! decoder (`formats/*.wgsl`: `dq` for one element, `unit_dot` for 32) and the kernel file.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::device::device_err;
+use crate::quant::DType;
+use crate::Result;
+
+/// Every kernel of the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Kernel {
+    Matvec(DType),
+    MatvecRows(DType),
+    Matmul(DType),
+    AxpyRows(DType),
+    RmsNorm,
+    Rope,
+    Attention,
+    Elementwise,
+    Copy,
+}
+
+/// The formats with a decoder in `formats/`.
+pub(super) const FORMATS: [DType; 11] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+];
+
+fn format_source(dtype: DType) -> Option<&'static str> {
+    Some(match dtype {
+        DType::F32 => include_str!("shaders/formats/f32.wgsl"),
+        DType::F16 => include_str!("shaders/formats/f16.wgsl"),
+        DType::BF16 => include_str!("shaders/formats/bf16.wgsl"),
+        DType::Q4_0 => include_str!("shaders/formats/q4_0.wgsl"),
+        DType::Q4_1 => include_str!("shaders/formats/q4_1.wgsl"),
+        DType::Q5_0 => include_str!("shaders/formats/q5_0.wgsl"),
+        DType::Q5_1 => include_str!("shaders/formats/q5_1.wgsl"),
+        DType::Q8_0 => include_str!("shaders/formats/q8_0.wgsl"),
+        DType::Q4_K => include_str!("shaders/formats/q4_k.wgsl"),
+        DType::Q5_K => include_str!("shaders/formats/q5_k.wgsl"),
+        DType::Q6_K => include_str!("shaders/formats/q6_k.wgsl"),
+        DType::Q2_K | DType::Q3_K => return None,
+    })
+}
+
+const COMMON: &str = include_str!("shaders/common.wgsl");
+
+impl Kernel {
+    /// The WGSL module, or `None` for a format without a decoder.
+    fn source(self) -> Option<String> {
+        let weights = |dtype: DType, kernel: &str| format_source(dtype).map(|f| format!("{COMMON}\n{f}\n{kernel}"));
+        match self {
+            Kernel::Matvec(d) => weights(d, include_str!("shaders/matvec.wgsl")),
+            Kernel::MatvecRows(d) => weights(d, include_str!("shaders/matvec_rows.wgsl")),
+            Kernel::Matmul(d) => weights(d, include_str!("shaders/matmul.wgsl")),
+            Kernel::AxpyRows(d) => weights(d, include_str!("shaders/axpy_rows.wgsl")),
+            Kernel::RmsNorm => Some(include_str!("shaders/rms_norm.wgsl").into()),
+            Kernel::Rope => Some(include_str!("shaders/rope.wgsl").into()),
+            Kernel::Attention => Some(include_str!("shaders/attention.wgsl").into()),
+            Kernel::Elementwise => Some(include_str!("shaders/elementwise.wgsl").into()),
+            Kernel::Copy => Some(include_str!("shaders/copy.wgsl").into()),
+        }
+    }
+
+    /// Storage bindings 1, 2, …: `true` where read-only (the weights; everything else is
+    /// read-write so that one buffer may be bound twice, e.g. an in-place RMSNorm).
+    fn storage(self) -> &'static [bool] {
+        match self {
+            Kernel::Matvec(_) | Kernel::Matmul(_) => &[true, false, false],
+            Kernel::MatvecRows(_) | Kernel::AxpyRows(_) => &[true, false, false, false, false],
+            Kernel::RmsNorm | Kernel::Rope => &[false, false, false],
+            Kernel::Attention => &[false, false, false, false],
+            Kernel::Elementwise => &[false, false],
+            Kernel::Copy => &[false],
+        }
+    }
+
+    /// Whether the kernel records bad row indices in the status buffer.
+    pub fn writes_status(self) -> bool {
+        matches!(self, Kernel::MatvecRows(_) | Kernel::AxpyRows(_))
+    }
+}
+
+pub(super) struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+#[derive(Default)]
+pub(super) struct Pipelines {
+    built: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
+}
+
+impl Pipelines {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The pipeline of `kernel`, built now if it is the first call.
+    pub fn get(&self, device: &wgpu::Device, kernel: Kernel) -> Result<Arc<Pipeline>> {
+        let op = "pipeline";
+        let mut built = self.built.lock().map_err(|_| device_err(op, "pipeline cache lock poisoned"))?;
+        if let Some(p) = built.get(&kernel) {
+            return Ok(p.clone());
+        }
+        let source = kernel.source().ok_or_else(|| device_err(op, format!("no kernel {kernel:?}")))?;
+        device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&format!("{kernel:?}")),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None },
+            count: None,
+        }];
+        for (i, &read_only) in kernel.storage().iter().enumerate() {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: i as u32 + 1,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: None,
+            bind_group_layouts: &[&layout],
+            push_constant_ranges: &[],
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&format!("{kernel:?}")),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(device.pop_error_scope()) {
+            return Err(device_err(op, format!("building {kernel:?}: {e}")));
+        }
+        let p = Arc::new(Pipeline { pipeline, layout });
+        built.insert(kernel, p.clone());
+        Ok(p)
+    }
+}

@@ -1,0 +1,15 @@
+// F16: one little-endian binary16 per element (rows start at even bytes); any row length.
+
+fn dq(rb: u32, c: u32) -> f32 {
+    return f16_at(rb + 2u * c);
+}
+
+fn unit_dot(rb: u32, u: u32, xo: u32, cols: u32) -> f32 {
+    var acc = 0.0;
+    let n = min(32u, cols - 32u * u);
+    let base = rb + 64u * u;
+    for (var j = 0u; j < n; j++) {
+        acc += f16_at(base + 2u * j) * xv(xo + j);
+    }
+    return acc;
+}

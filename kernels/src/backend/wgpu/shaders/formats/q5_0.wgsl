@@ -1,0 +1,27 @@
+// block_q5_0 { d: f16, qh: [u8; 4], qs: [u8; 16] } (22 bytes): Q4_0's nibbles plus a fifth bit,
+// bit j of the word qh for element j; value (q - 16) * d (ggml dequantize_row_q5_0).
+
+fn dq(rb: u32, c: u32) -> f32 {
+    let o = rb + (c >> 5u) * 22u;
+    let j = c & 31u;
+    let lo = (byte_at(o + 6u + (j & 15u)) >> ((j >> 4u) << 2u)) & 0xfu;
+    let hi = ((u32_at(o + 2u) >> j) & 1u) << 4u;
+    return (f32(lo | hi) - 16.0) * f16_at(o);
+}
+
+fn unit_dot(rb: u32, u: u32, xo: u32, cols: u32) -> f32 {
+    let o = rb + u * 22u;
+    let qh = u32_at(o + 2u);
+    var acc = 0.0;
+    for (var i = 0u; i < 4u; i++) {
+        let q = u32_at(o + 6u + 4u * i);
+        for (var k = 0u; k < 4u; k++) {
+            let j = 4u * i + k;
+            let b = q >> (8u * k);
+            let q0 = (b & 0xfu) | (((qh >> j) & 1u) << 4u);
+            let q1 = ((b >> 4u) & 0xfu) | (((qh >> (j + 16u)) & 1u) << 4u);
+            acc += (f32(q0) - 16.0) * xv(xo + j) + (f32(q1) - 16.0) * xv(xo + 16u + j);
+        }
+    }
+    return acc * f16_at(o);
+}

@@ -1,0 +1,31 @@
+// block_q5_1 { d: f16, m: f16, qh: [u8; 4], qs: [u8; 16] } (24 bytes): 5-bit q * d + m
+// (ggml dequantize_row_q5_1).
+
+fn dq(rb: u32, c: u32) -> f32 {
+    let o = rb + (c >> 5u) * 24u;
+    let j = c & 31u;
+    let lo = (byte_at(o + 8u + (j & 15u)) >> ((j >> 4u) << 2u)) & 0xfu;
+    let hi = ((u32_at(o + 4u) >> j) & 1u) << 4u;
+    return f32(lo | hi) * f16_at(o) + f16_at(o + 2u);
+}
+
+fn unit_dot(rb: u32, u: u32, xo: u32, cols: u32) -> f32 {
+    let o = rb + u * 24u;
+    let qh = u32_at(o + 4u);
+    var qx = 0.0;
+    var sx = 0.0;
+    for (var i = 0u; i < 4u; i++) {
+        let q = u32_at(o + 8u + 4u * i);
+        for (var k = 0u; k < 4u; k++) {
+            let j = 4u * i + k;
+            let b = q >> (8u * k);
+            let q0 = (b & 0xfu) | (((qh >> j) & 1u) << 4u);
+            let q1 = ((b >> 4u) & 0xfu) | (((qh >> (j + 16u)) & 1u) << 4u);
+            let x0 = xv(xo + j);
+            let x1 = xv(xo + 16u + j);
+            qx += f32(q0) * x0 + f32(q1) * x1;
+            sx += x0 + x1;
+        }
+    }
+    return qx * f16_at(o) + sx * f16_at(o + 2u);
+}

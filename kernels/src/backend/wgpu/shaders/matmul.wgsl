@@ -1,0 +1,80 @@
+// out = x · Wᵀ for several tokens (prefill): a workgroup computes a tile of 64 rows × 32 tokens,
+// stepping through the columns 32 at a time: the W tile is dequantized once into workgroup
+// memory (`dq` of the format) and shared by the 32 tokens, the x tile by the 64 rows; each of
+// the 256 threads accumulates 8 outputs (one row, 8 tokens). Dispatched once per piece of W.
+
+struct Params {
+    rows: u32,       // rows of this piece
+    cols: u32,
+    row_bytes: u32,
+    row0: u32,       // the piece's first row in W
+    n_tokens: u32,
+    out_stride: u32, // rows of W
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<u32>;        // (rows, row_bytes)
+@group(0) @binding(2) var<storage, read_write> x: array<f32>;  // (n_tokens, cols)
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;  // (n_tokens, out_stride)
+
+fn xv(i: u32) -> f32 {
+    return x[i];
+}
+
+const TR: u32 = 64u;  // rows per tile
+const TT: u32 = 32u;  // tokens per tile
+const TK: u32 = 32u;  // columns per step
+const PER: u32 = 8u;  // tokens per thread
+
+var<workgroup> ws: array<f32, 2112>;  // (TR, TK + 1)
+var<workgroup> xs: array<f32, 1024>;  // (TT, TK)
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let r0 = wg.x * TR;
+    let t0 = wg.y * TT;
+    let tr = li % TR;
+    let tg = li / TR;
+    var acc: array<f32, 8>;
+    for (var j = 0u; j < PER; j++) {
+        acc[j] = 0.0;
+    }
+    for (var k0 = 0u; k0 < p.cols; k0 += TK) {
+        for (var i = 0u; i < 8u; i++) {
+            let e = li + 256u * i;
+            let r = e / TK;
+            let k = e % TK;
+            var v = 0.0;
+            if r0 + r < p.rows && k0 + k < p.cols {
+                v = dq((r0 + r) * p.row_bytes, k0 + k);
+            }
+            ws[r * (TK + 1u) + k] = v;
+        }
+        for (var i = 0u; i < 4u; i++) {
+            let e = li + 256u * i;
+            let t = e / TK;
+            let k = e % TK;
+            var v = 0.0;
+            if t0 + t < p.n_tokens && k0 + k < p.cols {
+                v = x[(t0 + t) * p.cols + k0 + k];
+            }
+            xs[e] = v;
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < TK; k++) {
+            let wv = ws[tr * (TK + 1u) + k];
+            for (var j = 0u; j < PER; j++) {
+                acc[j] += wv * xs[(tg * PER + j) * TK + k];
+            }
+        }
+        workgroupBarrier();
+    }
+    if r0 + tr < p.rows {
+        for (var j = 0u; j < PER; j++) {
+            let t = t0 + tg * PER + j;
+            if t < p.n_tokens {
+                y[t * p.out_stride + p.row0 + r0 + tr] = acc[j];
+            }
+        }
+    }
+}
