@@ -42,6 +42,7 @@ run: build model
 test: prereqs model cuda-toolchain
 	status=0; \
 	$(CARGO) test --workspace --release --no-fail-fast || status=1; \
+	EMBER_REQUIRE_WGPU=1 $(CARGO) test --release -p ember-kernels --features wgpu --test backend || status=1; \
 	EMBER_REQUIRE_NVRTC=1 LD_LIBRARY_PATH=$(CUDA_NVIDIA)/cuda_nvrtc/lib:$${LD_LIBRARY_PATH:-} PATH=$(CUDA_NVIDIA)/cuda_nvcc/bin:$$PATH $(CARGO) test --release -p ember-kernels --features cuda --test cuda_compile || status=1; \
 	$(MAKE) --no-print-directory test-python || status=1; \
 	$(MAKE) --no-print-directory test-server || status=1; \
@@ -80,12 +81,17 @@ test-python: pyenv model
 test-server: pyenv model
 	EMBER_BIN=$(CURDIR)/target/release/ember $(PYENV)/bin/python -m pytest -s -v bindings/server/tests
 
-# Nothing needs apt yet: Rust (cargo) and python3 with pip (model download) only.
+# Rust (cargo), python3 with pip (model download), and Mesa's lavapipe for the wgpu tests (apt).
 prereqs:
 	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found; install Rust from https://rustup.rs" >&2; exit 1; }
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; it is needed to download models" >&2; exit 1; }
 	@$(PYTHON) -m pip --version >/dev/null 2>&1 || $(PYTHON) -m ensurepip --upgrade --default-pip \
 	  || { echo "make: '$(PYTHON) -m pip' is missing and ensurepip failed; install pip" >&2; exit 1; }
+	@# The wgpu backend's tests run on Mesa's lavapipe (Vulkan on the CPU) where there is no GPU.
+	@if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 \
+	    || { echo "make: installing lavapipe (mesa-vulkan-drivers libvulkan1) failed" >&2; exit 1; }; \
+	fi
 
 # `ember pull` downloads the default model once (python3 -m pip, then sha256-checked) and
 # verifies it on every later call.
