@@ -3,7 +3,8 @@
 //!
 //! - `device.rs`: buffers (padded to 4 bytes; a matrix larger than one storage binding is split
 //!   into pieces of whole rows), the count of device memory, reads, writes, and submitting
-//!   dispatches (one submission per op; parameters in a uniform ring).
+//!   dispatches (recorded into one pending encoder, submitted by `flush`, `read`,
+//!   `synchronize`, `write` and every 64 dispatches; parameters in a uniform ring).
 //! - `pipelines.rs`: the kernels, built on first use.
 //! - `matmul.rs`: the weight products over raw GGUF blocks (F32, F16, BF16, Q4_0, Q4_1, Q5_0,
 //!   Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), read as u32 words with byte extraction, no repacking.
@@ -106,6 +107,10 @@ impl Backend for WgpuBackend {
 
     fn synchronize(&self) -> Result<()> {
         self.gpu.synchronize()
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.gpu.flush("flush")
     }
 
     fn copy(&self, src: &DeviceBuffer, src_off: usize, dst: &DeviceBuffer, dst_off: usize, n: usize) -> Result<()> {

@@ -1,14 +1,15 @@
 //! The wgpu device under the backend: memory (buffers split into pieces, every byte counted),
 //! reads and writes, and queueing kernel dispatches with their parameters.
 //!
-//! Ordering: every op is recorded and submitted at once (one submission per op), so the device
-//! starts on it while the caller goes on, e.g. to compute its CPU share; `write` goes through
-//! the queue, after the ops submitted before it; `read` and `synchronize` wait.
+//! Ordering: ops are recorded into one pending command encoder, submitted by `flush` (the
+//! caller's cue that it will compute on the CPU meanwhile), every `AUTO_SUBMIT` dispatches, and
+//! before `write` (a queue write, which must land after the ops queued before it), `read` and
+//! `synchronize` (which then wait).
 //!
 //! Parameters: each dispatch writes its 64 bytes of parameters into the next slot of one uniform
-//! ring buffer. A slot is rewritten only after the submission that read it has been submitted
-//! (the ring is locked across write and submit), and queue writes land after earlier
-//! submissions, so no dispatch sees another's parameters.
+//! ring buffer with a queue write, which lands before the next submission. The slots of the
+//! pending encoder are distinct, and the ring starts over only after a submission, so no
+//! dispatch sees another's parameters.
 
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,6 +25,8 @@ pub(super) const PARAM_BYTES: usize = 64;
 const RING_SLOTS: u64 = 256;
 /// Bytes of the buffer that `read` copies through.
 const STAGING_BYTES: u64 = 1 << 20;
+/// Dispatches recorded before the pending encoder is submitted without being asked.
+const AUTO_SUBMIT: usize = 64;
 /// Workgroups along one dispatch dimension (wgpu's default limit).
 const MAX_GROUPS_X: u32 = 65535;
 
@@ -100,10 +103,13 @@ pub(super) fn params(words: &[u32]) -> [u32; PARAM_BYTES / 4] {
     p
 }
 
-struct Ring {
-    buffer: wgpu::Buffer,
+/// The parameter ring and the commands recorded but not yet submitted.
+struct Pending {
+    ring: wgpu::Buffer,
     stride: u64,
-    next: u64,
+    next_slot: u64,
+    encoder: Option<wgpu::CommandEncoder>,
+    dispatches: usize,
 }
 
 pub(super) struct Gpu {
@@ -119,7 +125,7 @@ pub(super) struct Gpu {
     /// The first error wgpu reported outside a call (validation, out of memory, device lost).
     errors: Arc<Mutex<Option<String>>>,
     pipelines: Pipelines,
-    ring: Mutex<Ring>,
+    pending: Mutex<Pending>,
     staging: Mutex<(wgpu::Buffer, wgpu::Buffer)>, // (data (STAGING_BYTES), status (8))
     /// (1) u32: the largest bad row index + 1 a row-list kernel met, 0 when none.
     status: wgpu::Buffer,
@@ -168,7 +174,7 @@ impl Gpu {
             max_buffer: limits.max_buffer_size,
             allocated,
             errors,
-            ring: Mutex::new(Ring { buffer: ring, stride, next: 0 }),
+            pending: Mutex::new(Pending { ring, stride, next_slot: 0, encoder: None, dispatches: 0 }),
             staging: Mutex::new((staging, status_staging)),
             status,
             status_dirty: AtomicBool::new(false),
@@ -243,12 +249,38 @@ impl Gpu {
         Ok(wgpu::BufferBinding { buffer: &piece.buffer, offset: 0, size: NonZeroU64::new(size) })
     }
 
-    /// Records `dispatches` into one command buffer and submits it.
+    fn lock(&self, op: &'static str) -> Result<std::sync::MutexGuard<'_, Pending>> {
+        self.pending.lock().map_err(|_| device_err(op, "command encoder lock poisoned"))
+    }
+
+    /// Submits the pending commands, if any.
+    fn submit(&self, p: &mut Pending) {
+        if let Some(encoder) = p.encoder.take() {
+            self.queue.submit([encoder.finish()]);
+        }
+        p.dispatches = 0;
+    }
+
+    /// The pending encoder, begun if there is none.
+    fn encoder<'p>(&self, p: &'p mut Pending) -> &'p mut wgpu::CommandEncoder {
+        p.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ember ops") }))
+    }
+
+    /// Starts the recorded work without waiting.
+    pub fn flush(&self, op: &'static str) -> Result<()> {
+        let mut p = self.lock(op)?;
+        self.submit(&mut p);
+        drop(p);
+        self.check_errors(op)
+    }
+
+    /// Records `dispatches` into the pending encoder.
     pub fn run(&self, op: &'static str, dispatches: &[Dispatch<'_>]) -> Result<()> {
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
-        let mut ring = self.ring.lock().map_err(|_| device_err(op, "parameter ring lock poisoned"))?;
-        if ring.next + dispatches.len() as u64 > RING_SLOTS {
-            ring.next = 0;
+        let mut guard = self.lock(op)?;
+        let p = &mut *guard;
+        if p.next_slot + dispatches.len() as u64 > RING_SLOTS {
+            self.submit(p);
+            p.next_slot = 0;
         }
         for d in dispatches {
             let (x, y) = d.groups.dims();
@@ -256,14 +288,14 @@ impl Gpu {
                 continue;
             }
             let pipeline = self.pipelines.get(&self.device, d.kernel)?;
-            let offset = ring.next * ring.stride;
-            ring.next += 1;
+            let offset = p.next_slot * p.stride;
+            p.next_slot += 1;
             let words: Vec<u8> = d.params.iter().flat_map(|w| w.to_le_bytes()).collect();
-            self.queue.write_buffer(&ring.buffer, offset, &words);
+            self.queue.write_buffer(&p.ring, offset, &words);
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &ring.buffer,
+                    buffer: &p.ring,
                     offset,
                     size: NonZeroU64::new(PARAM_BYTES as u64),
                 }),
@@ -272,13 +304,17 @@ impl Gpu {
                 entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: wgpu::BindingResource::Buffer(b.clone()) });
             }
             let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &pipeline.layout, entries: &entries });
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            let mut pass = self.encoder(p).begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(op), timestamp_writes: None });
             pass.set_pipeline(&pipeline.pipeline);
             pass.set_bind_group(0, &group, &[]);
             pass.dispatch_workgroups(x, y, 1);
+            drop(pass);
+            p.dispatches += 1;
         }
-        self.queue.submit([encoder.finish()]);
-        drop(ring);
+        if p.dispatches >= AUTO_SUBMIT {
+            self.submit(p);
+        }
+        drop(guard);
         if dispatches.iter().any(|d| d.kernel.writes_status()) {
             self.status_dirty.store(true, Ordering::Relaxed);
         }
@@ -292,9 +328,9 @@ impl Gpu {
 
     /// Copies between two different buffers (f32 elements), queued.
     pub fn copy_between(&self, src: &wgpu::Buffer, src_off: u64, dst: &wgpu::Buffer, dst_off: u64, bytes: u64) -> Result<()> {
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("copy") });
-        encoder.copy_buffer_to_buffer(src, src_off, dst, dst_off, bytes);
-        self.queue.submit([encoder.finish()]);
+        let mut p = self.lock("copy")?;
+        self.encoder(&mut p).copy_buffer_to_buffer(src, src_off, dst, dst_off, bytes);
+        drop(p);
         self.check_errors("copy")
     }
 
@@ -317,6 +353,8 @@ impl Gpu {
             bytes.extend_from_slice(&tail);
             bytes.resize(bytes.len().next_multiple_of(4), 0);
         }
+        let mut pending = self.lock(op)?;
+        self.submit(&mut pending);
         for p in &handle(dst, op)?.pieces {
             let (lo, hi) = (offset.max(p.start), (offset + bytes.len()).min(p.start + round4(p.len as u64) as usize));
             if lo < hi {
@@ -372,7 +410,8 @@ impl Gpu {
     /// the data staging buffer mapped when a chunk was given. Answers the status read (0: none).
     fn fetch(&self, op: &'static str, staging: &(wgpu::Buffer, wgpu::Buffer), chunk: Option<(&wgpu::Buffer, u64, u64)>) -> Result<u32> {
         let with_status = self.status_dirty.swap(false, Ordering::Relaxed);
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
+        let mut pending = self.lock(op)?;
+        let encoder = self.encoder(&mut pending);
         if let Some((buffer, offset, bytes)) = chunk {
             encoder.copy_buffer_to_buffer(buffer, offset, &staging.0, 0, bytes);
         }
@@ -380,7 +419,8 @@ impl Gpu {
             encoder.copy_buffer_to_buffer(&self.status, 0, &staging.1, 0, 8);
             encoder.clear_buffer(&self.status, 0, None);
         }
-        self.queue.submit([encoder.finish()]);
+        self.submit(&mut pending);
+        drop(pending);
         let results = Arc::new(Mutex::new(Vec::new()));
         let mut mapped = Vec::new();
         if let Some((_, _, bytes)) = chunk {
