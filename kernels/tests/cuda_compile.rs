@@ -77,9 +77,14 @@ fn every_source_compiles_to_ptx_and_assembles_for_every_arch() {
             let Some(ptxas) = &ptxas else { continue };
             let file = dir.join(format!("{}-{arch}.ptx", name.trim_end_matches(".cu")));
             std::fs::write(&file, ptx).expect("write PTX");
-            let out = Command::new(ptxas).arg(format!("-arch={arch}")).arg(&file).arg("-o").arg(file.with_extension("cubin")).output();
+            let out = Command::new(ptxas).arg(format!("-arch={arch}")).arg("-v").arg(&file).arg("-o").arg(file.with_extension("cubin")).output();
             match out {
-                Ok(o) if o.status.success() => eprintln!("ptxas -arch={arch} {name}: ok"),
+                Ok(o) if o.status.success() => {
+                    // `-v` reports registers and spills per kernel; spills are worth a look.
+                    let log = String::from_utf8_lossy(&o.stderr);
+                    let spills = log.lines().filter(|l| l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")).count();
+                    eprintln!("ptxas -arch={arch} {name}: ok{}", if spills > 0 { format!(" ({spills} kernels spill registers)") } else { String::new() });
+                }
                 Ok(o) => failures.push(format!("ptxas -arch={arch} {name}: {}\n{}", o.status, String::from_utf8_lossy(&o.stderr))),
                 Err(e) => failures.push(format!("running {}: {e}", ptxas.display())),
             }

@@ -160,6 +160,13 @@ impl CudaBackend {
     }
 }
 
+impl Drop for CudaBackend {
+    /// Lets the queued work finish before the modules it runs are unloaded.
+    fn drop(&mut self) {
+        let _ = self.synchronize();
+    }
+}
+
 /// A buffer range check: `need` bytes of `b`.
 pub(crate) fn check_len(op: &'static str, what: &str, b: &DeviceBuffer, need: usize) -> Result<()> {
     if b.bytes() < need {

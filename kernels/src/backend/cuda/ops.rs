@@ -137,30 +137,34 @@ fn product(b: &CudaBackend, op: &'static str, w: &DeviceMat, rows: Option<&Devic
         None => 0u64,
     };
     let grid_x = n_out32.div_ceil(ROWS_PER_BLOCK);
+    let n_tok32 = to_u32(op, "tokens", n_tokens)?;
+    // Eight tokens per warp when there are several: each weight is read once for eight.
+    let (nt, wide) = if n_tokens > 1 { (8usize, "8") } else { (1, "") };
+    let chunk = MAX_GRID_Y * nt;
     if !w.dtype.is_quantized() {
-        let f = b.func(kernel_name("mmv", w.dtype, op)?)?;
-        for t0 in (0..n_tokens).step_by(MAX_GRID_Y) {
-            let (t0, nt) = (t0 as u32, (n_tokens - t0).min(MAX_GRID_Y) as u32);
+        let f = b.func(kernel_name(&format!("mmv{wide}"), w.dtype, op)?)?;
+        for t0 in (0..n_tokens).step_by(chunk) {
+            let (t0, grid_y) = (t0 as u32, (n_tokens - t0).min(chunk).div_ceil(nt) as u32);
             let mut l = b.stream().launch_builder(f);
-            l.arg(&wp).arg(&row_bytes).arg(&rows_p).arg(&n_out32).arg(&n_w_rows).arg(&xp).arg(&cols).arg(&op_out).arg(&t0);
-            // SAFETY: sizes checked above; the kernel reads `n_out` outputs of `nt` tokens.
-            unsafe { l.launch(config((grid_x, nt), ROWS_PER_BLOCK * 32)) }.map_err(|e| launch_err(op, e))?;
+            l.arg(&wp).arg(&row_bytes).arg(&rows_p).arg(&n_out32).arg(&n_w_rows).arg(&xp).arg(&cols).arg(&op_out).arg(&t0).arg(&n_tok32);
+            // SAFETY: sizes checked above; the kernel reads `n_out` outputs of tokens < n_tokens.
+            unsafe { l.launch(config((grid_x, grid_y), ROWS_PER_BLOCK * 32)) }.map_err(|e| launch_err(op, e))?;
         }
         return Ok(());
     }
-    let f = b.func(kernel_name("mmvq", w.dtype, op)?)?;
+    let f = b.func(kernel_name(&format!("mmvq{wide}"), w.dtype, op)?)?;
     let blocks = cols / 32;
     let n_blocks = to_u32(op, "activation blocks", n_tokens * blocks as usize)?;
     let mut guard = b.q8_scratch().lock().map_err(|_| device_err(op, "scratch lock poisoned"))?;
     let scratch = ensure_q8(b, &mut guard, n_blocks as usize, op)?;
     let (qs, d) = (scratch.qs.ptr, scratch.d.ptr);
     call_quantize(b, xp, qs, d, n_blocks, op)?;
-    for t0 in (0..n_tokens).step_by(MAX_GRID_Y) {
-        let (t0, nt) = (t0 as u32, (n_tokens - t0).min(MAX_GRID_Y) as u32);
+    for t0 in (0..n_tokens).step_by(chunk) {
+        let (t0, grid_y) = (t0 as u32, (n_tokens - t0).min(chunk).div_ceil(nt) as u32);
         let mut l = b.stream().launch_builder(f);
-        l.arg(&wp).arg(&row_bytes).arg(&rows_p).arg(&n_out32).arg(&n_w_rows).arg(&qs).arg(&d).arg(&blocks).arg(&op_out).arg(&t0);
+        l.arg(&wp).arg(&row_bytes).arg(&rows_p).arg(&n_out32).arg(&n_w_rows).arg(&qs).arg(&d).arg(&blocks).arg(&op_out).arg(&t0).arg(&n_tok32);
         // SAFETY: sizes checked above; the scratch holds `n_tokens * blocks` activation blocks.
-        unsafe { l.launch(config((grid_x, nt), ROWS_PER_BLOCK * 32)) }.map_err(|e| launch_err(op, e))?;
+        unsafe { l.launch(config((grid_x, grid_y), ROWS_PER_BLOCK * 32)) }.map_err(|e| launch_err(op, e))?;
     }
     Ok(())
 }
@@ -254,7 +258,7 @@ pub(crate) fn call_attention(b: &CudaBackend, s: &AttnShape, n_tokens: usize, q:
     let op = "attention";
     let hd = s.head_dim;
     let (q_dim, kv_dim, keys) = (s.n_heads * hd, s.n_kv_heads * hd, s.start + n_tokens);
-    if hd == 0 || hd > MAX_HEAD_DIM || s.n_kv_heads == 0 || s.n_heads % s.n_kv_heads != 0 {
+    if hd == 0 || hd > MAX_HEAD_DIM || s.n_kv_heads == 0 || !s.n_heads.is_multiple_of(s.n_kv_heads) {
         return Err(KernelError::Shape {
             op,
             expected: format!("head_dim in 1..={MAX_HEAD_DIM}, n_heads a multiple of n_kv_heads > 0"),
