@@ -47,6 +47,9 @@ pub struct Engine {
     pub tensor_bytes: Vec<(String, usize)>,
     ctx: usize,
     pool: Option<rayon::ThreadPool>,
+    /// What opening decided that a user should hear: the device in use, or why the model stays
+    /// on the CPU (the CLI prints these on stderr).
+    pub notes: Vec<String>,
 }
 
 impl Engine {
@@ -55,8 +58,10 @@ impl Engine {
     pub fn open(path: &Path, options: &EngineOptions) -> Result<Engine> {
         let files = loader::open(path)?;
         let mut model = Model::load(&files.config, &files.weights)?;
-        if let Some((profile, profile_path, criterion, sparsity)) = crate::sparsity::resolve(&files.path, &files.config, &options.sparsity)? {
-            model.sparse = Some(crate::sparsity::build(&profile, profile_path, criterion, sparsity, &model.ffn_mats())?);
+        let mut profile = None;
+        if let Some((p, profile_path, criterion, sparsity)) = crate::sparsity::resolve(&files.path, &files.config, &options.sparsity)? {
+            model.sparse = Some(crate::sparsity::build(&p, profile_path, criterion, sparsity, &model.ffn_mats())?);
+            profile = Some(p);
         }
         if files.tokenizer.vocab_size() > files.config.vocab_size {
             return Err(EngineError::Config {
@@ -82,6 +87,18 @@ impl Engine {
                 problem: format!("cannot start {n} threads: {e}"),
             })?),
         };
+        let mut notes = Vec::new();
+        if options.gpu != ember_kernels::backend::DeviceSpec::None {
+            let profile = profile.or_else(|| profile_beside(&files.path, &files.config, &mut notes));
+            let req = crate::model::GpuRequest {
+                spec: options.gpu,
+                vram: options.vram,
+                offload: options.offload,
+                ctx,
+                frequency: profile.as_ref().map(|p| p.frequency.as_slice()),
+            };
+            model.gpu = crate::model::attach_gpu(&model, &req, &mut notes)?;
+        }
         let tensor_bytes = bytes_by_kind(&files.weights);
         Ok(Engine {
             path: files.path,
@@ -92,6 +109,7 @@ impl Engine {
             tensor_bytes,
             ctx,
             pool,
+            notes,
         })
     }
 
@@ -171,6 +189,45 @@ impl Engine {
             }
         }
         Ok(ids)
+    }
+}
+
+/// The sparsity profile beside the model, for the placement's neuron frequencies; a profile that
+/// does not load or is another model's is left out with a note.
+fn profile_beside(model_path: &Path, config: &ModelConfig, notes: &mut Vec<String>) -> Option<crate::sparsity::Profile> {
+    let path = crate::sparsity::Profile::beside(model_path);
+    if !path.is_file() {
+        return None;
+    }
+    let checked = crate::sparsity::Profile::load(&path)
+        .and_then(|p| p.check_model(&path, &crate::sparsity::model_shape(model_path, config)).map(|()| p));
+    match checked {
+        Ok(p) => Some(p),
+        Err(e) => {
+            notes.push(format!("placement: not using {} ({e})", path.display()));
+            None
+        }
+    }
+}
+
+/// Whether the GPU runs part of the model, and which.
+impl Engine {
+    /// `"cpu"`, or the GPU's name and what the placement put there.
+    pub fn device(&self) -> String {
+        match &self.model.gpu {
+            Some(g) => format!("{} ({})", g.backend.name(), g.placement.summary()),
+            None => "cpu".into(),
+        }
+    }
+
+    /// The placement in use, when a GPU runs part of the model.
+    pub fn placement(&self) -> Option<&crate::placement::Placement> {
+        self.model.gpu.as_ref().map(|g| &g.placement)
+    }
+
+    /// Device bytes held now (weights, scratch, the KV caches of live sessions).
+    pub fn gpu_bytes(&self) -> usize {
+        self.model.gpu.as_ref().map_or(0, |g| g.backend.allocated_bytes())
     }
 }
 

@@ -7,6 +7,8 @@ pub struct KvCache {
     layers: Vec<LayerKv>,
     /// The forward pass's buffers, kept with the sequence so decoding allocates nothing.
     pub(crate) scratch: crate::model::Scratch,
+    /// Keys and values of the layers whose attention runs on the GPU (made on first use).
+    pub(crate) gpu: Option<crate::model::GpuKv>,
     kv_dim: usize, // n_kv_heads * head_dim
     len: usize,
     ctx: usize,
@@ -20,7 +22,7 @@ struct LayerKv {
 impl KvCache {
     pub fn new(n_layers: usize, kv_dim: usize, ctx: usize) -> KvCache {
         let layers = (0..n_layers).map(|_| LayerKv { k: Vec::new(), v: Vec::new() }).collect();
-        KvCache { layers, scratch: Default::default(), kv_dim, len: 0, ctx }
+        KvCache { layers, scratch: Default::default(), gpu: None, kv_dim, len: 0, ctx }
     }
 
     /// Positions held.

@@ -190,7 +190,7 @@ impl Model {
     }
 }
 
-fn activate(act: Activation, g: f32) -> f32 {
+pub(super) fn activate(act: Activation, g: f32) -> f32 {
     match act {
         Activation::Silu => ops::silu(g),
         Activation::Relu => g.max(0.0),
@@ -211,4 +211,7 @@ pub struct SparseScratch {
     pub(super) axpy: ember_kernels::cpu::sparse::AxpyScratch,
     pub(super) marks: Vec<bool>, // (ffn_dim) candidates by bundle position
     pub(super) pairs: Vec<u32>,  // bundle rows of the candidates: 2p, 2p + 1, …
+    pub(super) hot_pos: Vec<u32>, // hybrid: candidates' positions in the GPU's hot list
+    pub(super) cold: Vec<u32>,    // hybrid: candidates left to the CPU
+    pub(super) gpu_out: Vec<f32>, // (dim) hybrid: the GPU's partial output
 }

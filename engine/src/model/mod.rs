@@ -6,9 +6,11 @@
 //! Q, K and V; ReLU models only by the FFN activation.
 
 mod ffn;
+mod gpu;
 mod rope;
 
 pub use ffn::FfnObserver;
+pub(crate) use gpu::{attach as attach_gpu, GpuKv, GpuModel, GpuRequest};
 
 use ember_kernels::cpu::{matmul_group, needs_q8, ops, Input, Product};
 use ember_kernels::quant::q8::{quantize_q8_rows, Q8Acts};
@@ -54,6 +56,8 @@ pub struct Model {
     rope: Rope,
     /// The FFN sparsity setting, when one is in use.
     pub(crate) sparse: Option<SparseFfn>,
+    /// The parts placed on a GPU, when one is in use (the hybrid executor).
+    pub(crate) gpu: Option<GpuModel>,
 }
 
 impl Model {
@@ -105,6 +109,7 @@ impl Model {
             output,
             rope: Rope::new(c, freq_factors.as_deref()),
             sparse: None,
+            gpu: None,
         })
     }
 
@@ -133,6 +138,9 @@ impl Model {
             return Err(EngineError::Param { name: "tokens", problem: "forward needs at least one token".into() });
         }
         cache.check_room(tokens.len())?;
+        if let (Some(g), None) = (&self.gpu, &obs) {
+            return self.forward_gpu(g, tokens, cache, want);
+        }
         let n = tokens.len();
         let mut s = std::mem::take(&mut cache.scratch);
         s.resize(&self.config, n);
@@ -216,6 +224,18 @@ impl Model {
     /// Each layer's FFN matrices.
     pub(crate) fn ffn_mats(&self) -> Vec<crate::sparsity::FfnMats<'_>> {
         self.layers.iter().map(|l| crate::sparsity::FfnMats { gate: l.w_gate.mat(), up: l.w_up.mat(), down: l.w_down.mat() }).collect()
+    }
+
+    /// Bytes of each placeable weight as stored (for `placement::Footprint`).
+    pub(crate) fn weight_sizes(&self) -> crate::placement::WeightSizes {
+        let n = |w: &Weight| w.n_bytes() as u64;
+        let f32s = |b: &Option<Vec<f32>>| b.as_ref().map_or(0, |b| 4 * b.len() as u64);
+        let layers = self.layers.iter().map(|l| crate::placement::LayerSizes {
+            attention: [n(&l.wq), n(&l.wk), n(&l.wv), n(&l.wo)],
+            biases: [f32s(&l.bq), f32s(&l.bk), f32s(&l.bv)],
+            ffn: [n(&l.w_gate), n(&l.w_up), n(&l.w_down)],
+        });
+        crate::placement::WeightSizes { layers: layers.collect(), output: n(&self.output) }
     }
 
     /// The FFN sparsity setting in use.
