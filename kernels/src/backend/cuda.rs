@@ -17,7 +17,7 @@ mod compile;
 mod ops;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
@@ -31,6 +31,9 @@ use crate::{KernelError, Result};
 
 /// Lowest compute capability the kernels run on (`dp4a`).
 const MIN_CC: (i32, i32) = (6, 1);
+/// Activation blocks of 32 the resident 8-bit scratch holds (1 Mi elements: 1 MiB of quants and
+/// 128 KiB of scales); larger products take a scratch of their own for the call.
+pub(crate) const Q8_RESIDENT_BLOCKS: usize = 1 << 15;
 
 pub(crate) fn device_err(op: &'static str, problem: impl Into<String>) -> KernelError {
     KernelError::Device { backend: "cuda".into(), op, problem: problem.into() }
@@ -57,7 +60,7 @@ impl Drop for CudaMem {
     }
 }
 
-/// Device scratch for the 8-bit activations of the quantized products, grown on demand.
+/// Device scratch for the 8-bit activations of the quantized products.
 pub(crate) struct Q8Scratch {
     pub(crate) qs: CudaMem, // (n_tokens * cols) i8
     pub(crate) d: CudaMem,  // (n_tokens * cols / 32) f32
@@ -72,7 +75,12 @@ pub struct CudaBackend {
     allocated: Arc<AtomicUsize>,
     /// Held for the whole of a quantized product (quantize, then dot), so two threads' products
     /// cannot interleave on the shared scratch.
-    q8: Mutex<Option<Q8Scratch>>,
+    q8: Mutex<Q8Scratch>,
+    /// One u32 the row-list kernels set when an index is past the matrix (bit 0: matvec_rows,
+    /// bit 1: axpy_rows); read at the next wait, which then fails with a shape error.
+    status: CudaMem,
+    /// Whether a row-list op was queued since the status was last read.
+    status_pending: AtomicBool,
 }
 
 impl CudaBackend {
@@ -108,13 +116,23 @@ impl CudaBackend {
             }
         }
         let device = ctx.name().unwrap_or_else(|_| "unknown device".into());
+        let allocated = Arc::new(AtomicUsize::new(0));
+        let q8 = Q8Scratch {
+            qs: alloc_mem(&stream, &allocated, Q8_RESIDENT_BLOCKS * 32, "open")?,
+            d: alloc_mem(&stream, &allocated, Q8_RESIDENT_BLOCKS * 4, "open")?,
+        };
+        let status = alloc_mem(&stream, &allocated, 4, "open")?;
+        // SAFETY: the 4 bytes of `status`, on our stream.
+        unsafe { drv::memset_d8_async(status.ptr, 0, 4, stream.cu_stream()) }.map_err(|e| driver_err("open", e))?;
         Ok(Self {
             name: format!("cuda:{index} ({device}, sm_{digits})"),
             ctx,
             stream,
             funcs,
-            allocated: Arc::new(AtomicUsize::new(0)),
-            q8: Mutex::new(None),
+            allocated,
+            q8: Mutex::new(q8),
+            status,
+            status_pending: AtomicBool::new(false),
         })
     }
 
@@ -142,12 +160,7 @@ impl CudaBackend {
     /// An uninitialized allocation of at least `bytes` bytes.
     pub(crate) fn raw_alloc(&self, bytes: usize, op: &'static str) -> Result<CudaMem> {
         self.bind(op)?;
-        let n = bytes.max(4).div_ceil(4) * 4;
-        // SAFETY: the memory is written (zeroed or uploaded) before anything reads it.
-        let slice = unsafe { self.stream.alloc::<u8>(n) }.map_err(|e| driver_err(op, e))?;
-        let ptr = slice.device_ptr(&self.stream).0;
-        self.allocated.fetch_add(n, Ordering::Relaxed);
-        Ok(CudaMem { slice, ptr, bytes: n, counter: self.allocated.clone() })
+        alloc_mem(&self.stream, &self.allocated, bytes, op)
     }
 
     /// The device address of a buffer of this backend.
@@ -155,9 +168,55 @@ impl CudaBackend {
         Ok(b.handle::<CudaMem>(op)?.ptr)
     }
 
-    pub(crate) fn q8_scratch(&self) -> &Mutex<Option<Q8Scratch>> {
+    pub(crate) fn q8_scratch(&self) -> &Mutex<Q8Scratch> {
         &self.q8
     }
+
+    /// The status word for a row-list kernel, which the next wait will read.
+    pub(crate) fn status_for_rows(&self) -> u64 {
+        self.status_pending.store(true, Ordering::Release);
+        self.status.ptr
+    }
+
+    /// The status word for kernels that cannot set it (whole-matrix products).
+    pub(crate) fn status_ptr(&self) -> u64 {
+        self.status.ptr
+    }
+
+    /// After a wait: fails once with a shape error when a row-list kernel met an index past its
+    /// matrix since the last check, clearing the word.
+    fn check_status(&self) -> Result<()> {
+        if !self.status_pending.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let mut word = [0u8; 4];
+        let stream = self.stream.cu_stream();
+        // SAFETY: 4 bytes from the status word; the stream is synchronized before `word` is read.
+        unsafe { drv::memcpy_dtoh_async(&mut word, self.status.ptr, stream) }.map_err(|e| driver_err("synchronize", e))?;
+        self.stream.synchronize().map_err(|e| driver_err("synchronize", e))?;
+        let bits = u32::from_le_bytes(word);
+        if bits == 0 {
+            return Ok(());
+        }
+        // SAFETY: the status word, on our stream.
+        unsafe { drv::memset_d8_async(self.status.ptr, 0, 4, stream) }.map_err(|e| driver_err("synchronize", e))?;
+        Err(KernelError::Shape {
+            op: if bits & 1 != 0 { "matvec_rows" } else { "axpy_rows" },
+            expected: "row indices below the matrix's row count".into(),
+            got: "an index past the matrix (found on the device)".into(),
+        })
+    }
+}
+
+/// An uninitialized allocation of at least `bytes` bytes (a multiple of 4, at least 4) on
+/// `stream`, counted in `counter` until dropped. The caller has bound the context.
+fn alloc_mem(stream: &Arc<CudaStream>, counter: &Arc<AtomicUsize>, bytes: usize, op: &'static str) -> Result<CudaMem> {
+    let n = bytes.max(4).div_ceil(4) * 4;
+    // SAFETY: the memory is written (zeroed, uploaded or computed) before anything reads it.
+    let slice = unsafe { stream.alloc::<u8>(n) }.map_err(|e| driver_err(op, e))?;
+    let ptr = slice.device_ptr(stream).0;
+    counter.fetch_add(n, Ordering::Relaxed);
+    Ok(CudaMem { slice, ptr, bytes: n, counter: counter.clone() })
 }
 
 impl Drop for CudaBackend {
@@ -235,7 +294,8 @@ impl Backend for CudaBackend {
 
     fn synchronize(&self) -> Result<()> {
         self.bind("synchronize")?;
-        self.stream.synchronize().map_err(|e| driver_err("synchronize", e))
+        self.stream.synchronize().map_err(|e| driver_err("synchronize", e))?;
+        self.check_status()
     }
 
     fn memory(&self) -> Option<(u64, u64)> {

@@ -5,7 +5,7 @@
 
 use cudarc::driver::{result as drv, LaunchConfig, PushKernelArg};
 
-use super::{check_len, device_err, CudaBackend, Q8Scratch};
+use super::{check_len, device_err, CudaBackend, Q8Scratch, Q8_RESIDENT_BLOCKS};
 use crate::backend::{AttnShape, DeviceBuffer, DeviceMat, Elementwise, GluAct};
 use crate::quant::DType;
 use crate::{KernelError, Result};
@@ -109,8 +109,8 @@ pub(crate) fn call_matmul(b: &CudaBackend, w: &DeviceMat, x: &DeviceBuffer, n_to
     product(b, op, w, None, w.rows, x, n_tokens, out)
 }
 
-/// `out[k] = W[rows[k]] · x`; an index past the matrix gives 0 (the CPU backend errs instead:
-/// the indices live on the device and are not read back).
+/// `out[k] = W[rows[k]] · x`; an index past the matrix gives 0 and makes the next wait
+/// (`synchronize`, `read`) fail with a shape error: the indices live on the device.
 pub(crate) fn call_matvec_rows(b: &CudaBackend, w: &DeviceMat, rows: &DeviceBuffer, n_rows: usize, x: &DeviceBuffer, out: &DeviceBuffer) -> Result<()> {
     let op = "matvec_rows";
     check_mat(op, w)?;
@@ -132,9 +132,9 @@ fn product(b: &CudaBackend, op: &'static str, w: &DeviceMat, rows: Option<&Devic
     let n_w_rows = w.rows as u32;
     let cols = w.cols as u32;
     let (wp, xp, op_out) = (b.ptr(&w.buf, op)?, b.ptr(x, op)?, b.ptr(out, op)?);
-    let rows_p = match rows {
-        Some(r) => b.ptr(r, op)?,
-        None => 0u64,
+    let (rows_p, status) = match rows {
+        Some(r) => (b.ptr(r, op)?, b.status_for_rows()),
+        None => (0u64, b.status_ptr()),
     };
     let grid_x = n_out32.div_ceil(ROWS_PER_BLOCK);
     let n_tok32 = to_u32(op, "tokens", n_tokens)?;
@@ -146,7 +146,7 @@ fn product(b: &CudaBackend, op: &'static str, w: &DeviceMat, rows: Option<&Devic
         for t0 in (0..n_tokens).step_by(chunk) {
             let (t0, grid_y) = (t0 as u32, (n_tokens - t0).min(chunk).div_ceil(nt) as u32);
             let mut l = b.stream().launch_builder(f);
-            l.arg(&wp).arg(&row_bytes).arg(&rows_p).arg(&n_out32).arg(&n_w_rows).arg(&xp).arg(&cols).arg(&op_out).arg(&t0).arg(&n_tok32);
+            l.arg(&wp).arg(&row_bytes).arg(&rows_p).arg(&n_out32).arg(&n_w_rows).arg(&xp).arg(&cols).arg(&op_out).arg(&t0).arg(&n_tok32).arg(&status);
             // SAFETY: sizes checked above; the kernel reads `n_out` outputs of tokens < n_tokens.
             unsafe { l.launch(config((grid_x, grid_y), ROWS_PER_BLOCK * 32)) }.map_err(|e| launch_err(op, e))?;
         }
@@ -155,29 +155,25 @@ fn product(b: &CudaBackend, op: &'static str, w: &DeviceMat, rows: Option<&Devic
     let f = b.func(kernel_name(&format!("mmvq{wide}"), w.dtype, op)?)?;
     let blocks = cols / 32;
     let n_blocks = to_u32(op, "activation blocks", n_tokens * blocks as usize)?;
-    let mut guard = b.q8_scratch().lock().map_err(|_| device_err(op, "scratch lock poisoned"))?;
-    let scratch = ensure_q8(b, &mut guard, n_blocks as usize, op)?;
+    let guard = b.q8_scratch().lock().map_err(|_| device_err(op, "scratch lock poisoned"))?;
+    // A product larger than the resident scratch gets one of its own, freed (on the stream,
+    // after these kernels) when this call returns.
+    let own = if n_blocks as usize > Q8_RESIDENT_BLOCKS {
+        Some(Q8Scratch { qs: b.raw_alloc(n_blocks as usize * 32, op)?, d: b.raw_alloc(n_blocks as usize * 4, op)? })
+    } else {
+        None
+    };
+    let scratch = own.as_ref().unwrap_or(&guard);
     let (qs, d) = (scratch.qs.ptr, scratch.d.ptr);
     call_quantize(b, xp, qs, d, n_blocks, op)?;
     for t0 in (0..n_tokens).step_by(chunk) {
         let (t0, grid_y) = (t0 as u32, (n_tokens - t0).min(chunk).div_ceil(nt) as u32);
         let mut l = b.stream().launch_builder(f);
-        l.arg(&wp).arg(&row_bytes).arg(&rows_p).arg(&n_out32).arg(&n_w_rows).arg(&qs).arg(&d).arg(&blocks).arg(&op_out).arg(&t0).arg(&n_tok32);
+        l.arg(&wp).arg(&row_bytes).arg(&rows_p).arg(&n_out32).arg(&n_w_rows).arg(&qs).arg(&d).arg(&blocks).arg(&op_out).arg(&t0).arg(&n_tok32).arg(&status);
         // SAFETY: sizes checked above; the scratch holds `n_tokens * blocks` activation blocks.
         unsafe { l.launch(config((grid_x, grid_y), ROWS_PER_BLOCK * 32)) }.map_err(|e| launch_err(op, e))?;
     }
     Ok(())
-}
-
-/// The scratch, grown to hold `n_blocks` activation blocks.
-fn ensure_q8<'a>(b: &CudaBackend, slot: &'a mut Option<Q8Scratch>, n_blocks: usize, op: &'static str) -> Result<&'a Q8Scratch> {
-    if slot.as_ref().is_none_or(|s| s.d.bytes < n_blocks * 4) {
-        // Freed (on the stream, after the work queued so far) before the larger one is made.
-        *slot = None;
-        let n = n_blocks.next_power_of_two();
-        *slot = Some(Q8Scratch { qs: b.raw_alloc(n * 32, op)?, d: b.raw_alloc(n * 4, op)? });
-    }
-    slot.as_ref().ok_or_else(|| device_err(op, "activation scratch missing"))
 }
 
 /// Quantizes `n_blocks` blocks of 32 f32s at `x` into `qs` (i8) and `d` (f32 scales).
@@ -191,7 +187,8 @@ fn call_quantize(b: &CudaBackend, x: u64, qs: u64, d: u64, n_blocks: u32, op: &'
     Ok(())
 }
 
-/// `out[c] = Σ_k coef[k] · W[rows[k]][c]` (rows past the matrix are skipped).
+/// `out[c] = Σ_k coef[k] · W[rows[k]][c]` (rows past the matrix are skipped, and the next
+/// wait fails with a shape error).
 pub(crate) fn call_axpy_rows(b: &CudaBackend, w: &DeviceMat, rows: &DeviceBuffer, n_rows: usize, coef: &DeviceBuffer, out: &DeviceBuffer) -> Result<()> {
     let op = "axpy_rows";
     let row_bytes = check_mat(op, w)?;
@@ -204,8 +201,9 @@ pub(crate) fn call_axpy_rows(b: &CudaBackend, w: &DeviceMat, rows: &DeviceBuffer
     let f = b.func(kernel_name("axpy_rows", w.dtype, op)?)?;
     let (n_w_rows, n_rows32, cols) = (w.rows as u32, to_u32(op, "rows", n_rows)?, w.cols as u32);
     let (wp, rp, cp, op_out) = (b.ptr(&w.buf, op)?, b.ptr(rows, op)?, b.ptr(coef, op)?, b.ptr(out, op)?);
+    let status = b.status_for_rows();
     let mut l = b.stream().launch_builder(f);
-    l.arg(&wp).arg(&row_bytes).arg(&n_w_rows).arg(&rp).arg(&cp).arg(&n_rows32).arg(&op_out).arg(&cols);
+    l.arg(&wp).arg(&row_bytes).arg(&n_w_rows).arg(&rp).arg(&cp).arg(&n_rows32).arg(&op_out).arg(&cols).arg(&status);
     // SAFETY: sizes checked above.
     unsafe { l.launch(config((cols.div_ceil(THREADS), 1), THREADS)) }.map_err(|e| launch_err(op, e))?;
     Ok(())

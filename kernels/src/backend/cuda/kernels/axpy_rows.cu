@@ -112,24 +112,28 @@ struct Q6_K {
 };
 
 // w: (n_w_rows, row_bytes); rows: (n_rows) u32; coef: (n_rows) f32; out: (cols) f32, overwritten.
-// Rows >= n_w_rows are skipped.
+// Rows >= n_w_rows are skipped and set bit 1 of `*err`.
 template <typename F>
 static __device__ __forceinline__ void axpy_rows(const u8 *w, u64 row_bytes, u32 n_w_rows, const u32 *rows,
-                                                 const float *coef, u32 n_rows, float *out, u32 cols) {
+                                                 const float *coef, u32 n_rows, float *out, u32 cols, u32 *err) {
     const u32 c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= cols) return;
     float acc = 0.0f;
     for (u32 k = 0; k < n_rows; k++) {
         const u32 r = rows[k];
-        if (r < n_w_rows) acc += coef[k] * F::at(w + (u64)r * row_bytes, c);
+        if (r < n_w_rows) {
+            acc += coef[k] * F::at(w + (u64)r * row_bytes, c);
+        } else if (c == 0) {
+            atomicOr(err, 2u);
+        }
     }
     out[c] = acc;
 }
 
 #define AXPY(name, F)                                                                                  \
     extern "C" __global__ void name(const u8 *w, u64 row_bytes, u32 n_w_rows, const u32 *rows,          \
-                                    const float *coef, u32 n_rows, float *out, u32 cols) {             \
-        axpy_rows<F>(w, row_bytes, n_w_rows, rows, coef, n_rows, out, cols);                           \
+                                    const float *coef, u32 n_rows, float *out, u32 cols, u32 *err) {   \
+        axpy_rows<F>(w, row_bytes, n_w_rows, rows, coef, n_rows, out, cols, err);                      \
     }
 
 AXPY(axpy_rows_f32, F32)

@@ -14,12 +14,13 @@ struct BF16 {
 };
 
 // out[t * n_out + i] = W[row(i)] . x_t for i < n_out and tokens t = t0 + NT * blockIdx.y + j
-// (j < NT, t < n_tokens); row(i) = rows[i], or i when `rows` is null; a row >= n_w_rows gives 0.
+// (j < NT, t < n_tokens); row(i) = rows[i], or i when `rows` is null; a row >= n_w_rows gives 0
+// and sets bit 0 of `*err`.
 // w: (n_w_rows, row_bytes); rows: (n_out) u32 or null; x: (n_tokens, cols) f32;
 // out: (n_tokens, n_out) f32. blockDim.x = 128 (4 warps, 4 outputs).
 template <typename F, int NT>
 static __device__ __forceinline__ void mmv(const u8 *w, u64 row_bytes, const u32 *rows, u32 n_out, u32 n_w_rows,
-                                           const float *x, u32 cols, float *out, u32 t0, u32 n_tokens) {
+                                           const float *x, u32 cols, float *out, u32 t0, u32 n_tokens, u32 *err) {
     const u32 i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
     const u32 lane = threadIdx.x % WARP;
     const u32 tb = t0 + NT * blockIdx.y;
@@ -38,6 +39,8 @@ static __device__ __forceinline__ void mmv(const u8 *w, u64 row_bytes, const u32
                 if (j < nt) sum[j] += wc * x[(u64)(tb + j) * cols + c];
             }
         }
+    } else if (lane == 0) {
+        atomicOr(err, 1u);
     }
 #pragma unroll
     for (int j = 0; j < NT; j++) {
@@ -49,12 +52,14 @@ static __device__ __forceinline__ void mmv(const u8 *w, u64 row_bytes, const u32
 // mmv_<format>: one token per warp (decode, subsets of rows); mmv8_<format>: eight.
 #define MMV(name, name8, F)                                                                              \
     extern "C" __global__ void name(const u8 *w, u64 row_bytes, const u32 *rows, u32 n_out, u32 n_w_rows, \
-                                    const float *x, u32 cols, float *out, u32 t0, u32 n_tokens) {        \
-        mmv<F, 1>(w, row_bytes, rows, n_out, n_w_rows, x, cols, out, t0, n_tokens);                       \
+                                    const float *x, u32 cols, float *out, u32 t0, u32 n_tokens,         \
+                                    u32 *err) {                                                          \
+        mmv<F, 1>(w, row_bytes, rows, n_out, n_w_rows, x, cols, out, t0, n_tokens, err);                  \
     }                                                                                                    \
     extern "C" __global__ void name8(const u8 *w, u64 row_bytes, const u32 *rows, u32 n_out, u32 n_w_rows, \
-                                     const float *x, u32 cols, float *out, u32 t0, u32 n_tokens) {       \
-        mmv<F, 8>(w, row_bytes, rows, n_out, n_w_rows, x, cols, out, t0, n_tokens);                       \
+                                     const float *x, u32 cols, float *out, u32 t0, u32 n_tokens,        \
+                                     u32 *err) {                                                         \
+        mmv<F, 8>(w, row_bytes, rows, n_out, n_w_rows, x, cols, out, t0, n_tokens, err);                  \
     }
 
 MMV(mmv_f32, mmv8_f32, F32)

@@ -185,14 +185,14 @@ static __device__ __forceinline__ float dot_piece(const int *q, const float *A, 
 }
 
 // out[t * n_out + i] = W[row(i)] . x_t for i < n_out and tokens t = t0 + NT * blockIdx.y + j
-// (j < NT, t < n_tokens); row(i) = rows[i], or i when `rows` is null; a row >= n_w_rows gives 0.
-// `blocks` = columns / 32.
+// (j < NT, t < n_tokens); row(i) = rows[i], or i when `rows` is null; a row >= n_w_rows gives 0
+// and sets bit 0 of `*err`. `blocks` = columns / 32.
 // w: (n_w_rows, row_bytes); rows: (n_out) u32 or null; xq: (n_tokens, blocks * 32) i8;
 // xd: (n_tokens, blocks) f32; out: (n_tokens, n_out) f32. blockDim.x = 128 (4 warps, 4 outputs).
 template <typename F, int NT>
 static __device__ __forceinline__ void mmvq(const u8 *w, u64 row_bytes, const u32 *rows, u32 n_out, u32 n_w_rows,
                                             const i8 *xq, const float *xd, u32 blocks, float *out, u32 t0,
-                                            u32 n_tokens) {
+                                            u32 n_tokens, u32 *err) {
     const u32 i = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
     const u32 lane = threadIdx.x % WARP;
     const u32 tb = t0 + NT * blockIdx.y;
@@ -216,6 +216,8 @@ static __device__ __forceinline__ void mmvq(const u8 *w, u64 row_bytes, const u3
                 }
             }
         }
+    } else if (lane == 0) {
+        atomicOr(err, 1u);
     }
 #pragma unroll
     for (int j = 0; j < NT; j++) {
@@ -228,13 +230,13 @@ static __device__ __forceinline__ void mmvq(const u8 *w, u64 row_bytes, const u3
 #define MMVQ(name, name8, F)                                                                           \
     extern "C" __global__ void name(const u8 *w, u64 row_bytes, const u32 *rows, u32 n_out, u32 n_w_rows, \
                                     const i8 *xq, const float *xd, u32 blocks, float *out, u32 t0,       \
-                                    u32 n_tokens) {                                                      \
-        mmvq<F, 1>(w, row_bytes, rows, n_out, n_w_rows, xq, xd, blocks, out, t0, n_tokens);            \
+                                    u32 n_tokens, u32 *err) {                                            \
+        mmvq<F, 1>(w, row_bytes, rows, n_out, n_w_rows, xq, xd, blocks, out, t0, n_tokens, err);       \
     }                                                                                                  \
     extern "C" __global__ void name8(const u8 *w, u64 row_bytes, const u32 *rows, u32 n_out, u32 n_w_rows, \
                                      const i8 *xq, const float *xd, u32 blocks, float *out, u32 t0,      \
-                                     u32 n_tokens) {                                                     \
-        mmvq<F, 8>(w, row_bytes, rows, n_out, n_w_rows, xq, xd, blocks, out, t0, n_tokens);            \
+                                     u32 n_tokens, u32 *err) {                                           \
+        mmvq<F, 8>(w, row_bytes, rows, n_out, n_w_rows, xq, xd, blocks, out, t0, n_tokens, err);       \
     }
 
 MMVQ(mmvq_q4_0, mmvq8_q4_0, Q4_0)
