@@ -132,3 +132,42 @@ fn opening_without_a_device_is_an_error() {
     }
     assert!(CudaBackend::new(4096).is_err());
 }
+
+/// A device NVRTC knows gets a CUBIN; a newer one PTX for the newest architecture NVRTC knows.
+#[test]
+fn the_target_follows_what_nvrtc_knows() {
+    let archs = [61, 75, 86, 90];
+    assert_eq!(cuda::pick_target(86, &archs), Some((86, Output::Cubin)));
+    assert_eq!(cuda::pick_target(120, &archs), Some((90, Output::Ptx)));
+    assert_eq!(cuda::pick_target(89, &archs), Some((86, Output::Ptx)));
+    assert_eq!(cuda::pick_target(52, &archs), None);
+    if !have_nvrtc("cuda_compile") {
+        return;
+    }
+    let known = cuda::nvrtc_archs().expect("supported architectures");
+    for arch in [61, 75, 86, 90] {
+        assert!(known.contains(&arch), "NVRTC does not know sm_{arch}: {known:?}");
+    }
+}
+
+/// The module a device loads is compiled once, then read from `$EMBER_HOME/ptx`.
+#[test]
+fn modules_are_cached_on_disk() {
+    if !have_nvrtc("cuda_compile") {
+        return;
+    }
+    let home = std::env::temp_dir().join(format!("ember-cuda-cache-{}", std::process::id()));
+    std::env::set_var("EMBER_HOME", &home);
+    let source = &SOURCES[0];
+    let first = cuda::module_image(source, 61, false).expect("compile");
+    let second = cuda::module_image(source, 61, false).expect("cached");
+    let fresh = cuda::module_image(source, 61, true).expect("recompile");
+    std::env::remove_var("EMBER_HOME");
+    let files: Vec<_> = std::fs::read_dir(home.join("ptx")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&home);
+    assert!(!first.cached && second.cached && !fresh.cached);
+    assert_eq!(first.output, Output::Cubin);
+    assert_eq!(first.bytes, second.bytes);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].to_string_lossy().ends_with(".cubin"), "{files:?}");
+}

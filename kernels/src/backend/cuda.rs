@@ -20,10 +20,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr};
+use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
 use cudarc::nvrtc::Ptx;
 
-pub use compile::{arch_digits, cache_dir, compile, compile_all, nvrtc_available, nvrtc_version, Output, Source, PRELUDE, SOURCES};
+pub use compile::{
+    arch_digits, cache_dir, compile, compile_all, module_image, nvrtc_archs, nvrtc_available, nvrtc_version, pick_target, Image, Output, Source,
+    PRELUDE, SOURCES,
+};
 
 use super::{AttnShape, Backend, DeviceBuffer, DeviceMat, Elementwise};
 use crate::quant::DType;
@@ -104,12 +107,16 @@ impl CudaBackend {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| driver_err("open", e))?;
         let digits = format!("{major}{minor}");
+        let cc = 10 * major + minor;
         let mut funcs = HashMap::new();
         for source in SOURCES {
-            let cubin = compile::cubin_cached(source, &digits)?;
-            let module = ctx
-                .load_module(Ptx::from_binary(cubin))
-                .map_err(|e| device_err("open", format!("loading {}: {e:?}", source.name)))?;
+            let image = compile::module_image(source, cc, false)?;
+            let module = match load(&ctx, source, image) {
+                Ok(m) => m,
+                // A cached module the driver refuses (damaged, or from another driver): rebuild.
+                Err((true, _)) => load(&ctx, source, compile::module_image(source, cc, true)?).map_err(|(_, e)| e)?,
+                Err((false, e)) => return Err(e),
+            };
             for &k in source.kernels {
                 let f = module.load_function(k).map_err(|e| device_err("open", format!("kernel {k}: {e:?}")))?;
                 funcs.insert(k, f);
@@ -206,6 +213,16 @@ impl CudaBackend {
             got: "an index past the matrix (found on the device)".into(),
         })
     }
+}
+
+/// Loads the module of `source`: `Err((cached, error))` when the driver refuses it.
+fn load(ctx: &Arc<CudaContext>, source: &Source, image: compile::Image) -> std::result::Result<Arc<CudaModule>, (bool, KernelError)> {
+    let cached = image.cached;
+    let ptx = match image.output {
+        Output::Cubin => Ptx::from_binary(image.bytes),
+        Output::Ptx => Ptx::from_src(String::from_utf8_lossy(&image.bytes).into_owned()),
+    };
+    ctx.load_module(ptx).map_err(|e| (cached, device_err("open", format!("loading {}: {e:?}", source.name))))
 }
 
 /// An uninitialized allocation of at least `bytes` bytes (a multiple of 4, at least 4) on

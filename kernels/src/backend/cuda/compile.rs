@@ -4,10 +4,11 @@
 //! Every `.cu` file under `kernels/` is compiled as `prelude.cuh` followed by the file (a plain
 //! text prefix: no source `#include`s anything, so NVRTC needs no include path). A device gets
 //! each source compiled once for its own architecture (`sm_XY`) into a CUBIN, cached under
-//! `$EMBER_HOME/ptx/` (default `~/.cache/ember/ptx`) by source, options and NVRTC version. A
-//! CUBIN rather than PTX: the driver JIT-compiles only PTX of an ISA version it knows, so PTX from
-//! an NVRTC newer than the driver would not load, while the CUBIN does (CUDA's minor version
-//! compatibility). [`compile_all`] gives the PTX of every source for one architecture, for the
+//! `$EMBER_HOME/ptx/` (default `~/.cache/ember/ptx`) by source, options, target and NVRTC version.
+//! A CUBIN rather than PTX: the driver JIT-compiles only PTX of an ISA version it knows, so PTX
+//! from an NVRTC newer than the driver would not load, while the CUBIN does (CUDA's minor version
+//! compatibility). A device newer than the NVRTC gets PTX for the newest architecture NVRTC
+//! knows, which the driver then compiles. [`compile_all`] gives the PTX of every source for one architecture, for the
 //! compile check that runs without a GPU (`tests/cuda_compile.rs`).
 
 use std::ffi::{c_char, c_int, CString};
@@ -234,28 +235,71 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
     h
 }
 
-/// The CUBIN of `source` for compute capability `sm_{digits}`: from the disk cache when there,
-/// else compiled and stored (written to a temporary name, then renamed; a cache that cannot be
-/// written is skipped).
-pub fn cubin_cached(source: &Source, digits: &str) -> Result<Vec<u8>> {
+/// The architectures this NVRTC compiles for (61, 75, …, ascending).
+pub fn nvrtc_archs() -> Result<Vec<i32>> {
+    require_nvrtc()?;
+    let mut n: c_int = 0;
+    // SAFETY: a valid out-pointer.
+    unsafe { sys::nvrtcGetNumSupportedArchs(&mut n) }
+        .result()
+        .map_err(|e| nvrtc_err("nvrtc", format!("nvrtcGetNumSupportedArchs: {e:?}")))?;
+    let mut archs = vec![0 as c_int; n.max(0) as usize];
+    // SAFETY: `archs` holds the `n` entries NVRTC writes.
+    unsafe { sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) }
+        .result()
+        .map_err(|e| nvrtc_err("nvrtc", format!("nvrtcGetSupportedArchs: {e:?}")))?;
+    archs.sort_unstable();
+    Ok(archs)
+}
+
+/// What to build for a device of compute capability `cc` (e.g. 86) when NVRTC knows `archs`:
+/// a CUBIN for `cc` itself, else PTX for the newest architecture below it, which the driver
+/// compiles for the device; `None` when NVRTC knows nothing at or below `cc`.
+pub fn pick_target(cc: i32, archs: &[i32]) -> Option<(i32, Output)> {
+    if archs.contains(&cc) {
+        return Some((cc, Output::Cubin));
+    }
+    archs.iter().copied().filter(|&a| a < cc).max().map(|a| (a, Output::Ptx))
+}
+
+/// A compiled module for a device.
+pub struct Image {
+    /// CUBIN bytes, or PTX text.
+    pub bytes: Vec<u8>,
+    pub output: Output,
+    /// Whether it came from the disk cache (a module that then fails to load is rebuilt).
+    pub cached: bool,
+}
+
+/// The module of `source` for a device of compute capability `cc` (see [`pick_target`]): from
+/// the disk cache when there and `fresh` is false, else compiled and stored (written to a
+/// temporary name, then renamed; a cache that cannot be written is skipped). The cache key is
+/// the source text, the options, the target and the NVRTC version.
+pub fn module_image(source: &Source, cc: i32, fresh: bool) -> Result<Image> {
     let (major, minor) = nvrtc_version()?;
+    let archs = nvrtc_archs()?;
+    let (arch, output) = pick_target(cc, &archs).ok_or_else(|| {
+        nvrtc_err("open", format!("NVRTC {major}.{minor} knows no architecture at or below sm_{cc} (it knows {archs:?})"))
+    })?;
     let version = format!("nvrtc {major}.{minor}");
+    let target = format!("{arch} {output:?}");
     let opts = OPTIONS.join(" ");
-    let key = fnv1a(&[source.full_text().as_bytes(), opts.as_bytes(), version.as_bytes(), digits.as_bytes()]);
+    let key = fnv1a(&[source.full_text().as_bytes(), opts.as_bytes(), version.as_bytes(), target.as_bytes()]);
     let stem = source.name.trim_end_matches(".cu");
-    let path = cache_dir().map(|d| d.join(format!("{stem}-sm_{digits}-{key:016x}.cubin")));
-    if let Some(p) = &path {
+    let ext = if output == Output::Cubin { "cubin" } else { "ptx" };
+    let path = cache_dir().map(|d| d.join(format!("{stem}-sm_{arch}-{key:016x}.{ext}")));
+    if let (Some(p), false) = (&path, fresh) {
         if let Ok(bytes) = std::fs::read(p) {
             if !bytes.is_empty() {
-                return Ok(bytes);
+                return Ok(Image { bytes, output, cached: true });
             }
         }
     }
-    let cubin = compile(source, &format!("sm_{digits}"), Output::Cubin)?;
+    let bytes = compile(source, &format!("sm_{arch}"), output)?;
     if let Some(p) = &path {
-        let _ = store(p, &cubin);
+        let _ = store(p, &bytes);
     }
-    Ok(cubin)
+    Ok(Image { bytes, output, cached: false })
 }
 
 fn store(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -165,7 +165,9 @@ fn product(b: &CudaBackend, op: &'static str, w: &DeviceMat, rows: Option<&Devic
     };
     let scratch = own.as_ref().unwrap_or(&guard);
     let (qs, d) = (scratch.qs.ptr, scratch.d.ptr);
-    call_quantize(b, xp, qs, d, n_blocks, op)?;
+    if n_blocks > 0 {
+        call_quantize(b, xp, qs, d, n_blocks, op)?;
+    }
     for t0 in (0..n_tokens).step_by(chunk) {
         let (t0, grid_y) = (t0 as u32, (n_tokens - t0).min(chunk).div_ceil(nt) as u32);
         let mut l = b.stream().launch_builder(f);
