@@ -1,6 +1,6 @@
 // Activations to 8-bit blocks of 32 for the integer dots (ggml's `quantize_row_q8_1` /
 // llama.cpp's `quantize_q8_1` kernel; this crate's `quant::q8::quantize_q8`): per block,
-// d = max|x| / 127, q = round(x / d) with ties to even, q = 0 for an all-zero block.
+// d = max|x| / 127, q = round(x * (1 / d)) with ties to even, q = 0 for an all-zero block.
 // One warp per block, one element per lane.
 
 // x: (n_blocks * 32) f32; qs: (n_blocks * 32) i8; d: (n_blocks) f32.
