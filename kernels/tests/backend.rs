@@ -525,3 +525,58 @@ fn allocated_bytes_count_buffers_until_dropped() {
         assert_eq!(b.allocated_bytes(), base, "{name}: after dropping everything");
     }
 }
+
+/// Decode-shape products timed on each backend (not a check): `cargo test --release -p
+/// ember-kernels --features wgpu --test backend -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn time_decode_matvec() {
+    for (name, b) in backends() {
+        let mut rng = StdRng::seed_from_u64(1200);
+        for (dtype, rows, cols) in [(DType::Q4_1, 576, 1536), (DType::Q4_0, 4096, 11008), (DType::Q8_0, 4096, 11008), (DType::F32, 4096, 11008), (DType::Q4_K, 4096, 11008), (DType::Q6_K, 4096, 11008)] {
+            let m = random_mat(dtype, rows, cols / dtype.block_len(), &mut rng);
+            let dm = upload_mat(&*b, &m);
+            let x = b.upload_f32(&rows::random_x(cols, &mut rng)).unwrap();
+            let out = b.alloc(rows * 4).unwrap();
+            b.matmul(&dm, &x, 1, &out).unwrap();
+            b.synchronize().unwrap();
+            let calls = 20;
+            let t = std::time::Instant::now();
+            for _ in 0..calls {
+                b.matmul(&dm, &x, 1, &out).unwrap();
+            }
+            b.synchronize().unwrap();
+            let queued = t.elapsed().as_secs_f64() * 1e3 / calls as f64;
+            let t = std::time::Instant::now();
+            for _ in 0..calls {
+                b.matmul(&dm, &x, 1, &out).unwrap();
+                read_f32(&*b, &out, rows);
+            }
+            let read_each = t.elapsed().as_secs_f64() * 1e3 / calls as f64;
+            println!("{name}: matvec {dtype} {rows}x{cols}: {queued:.3} ms per call queued, {read_each:.3} ms with a read after each");
+        }
+    }
+}
+
+#[test]
+#[ignore]
+fn time_small_ops() {
+    for (name, b) in backends() {
+        let a = b.upload_f32(&[1.0; 1024]).unwrap();
+        let c = b.upload_f32(&[1.0; 1024]).unwrap();
+        b.elementwise(Elementwise::Add, &a, &c, 1024).unwrap();
+        b.synchronize().unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..200 {
+            b.elementwise(Elementwise::Add, &a, &c, 1024).unwrap();
+        }
+        b.synchronize().unwrap();
+        println!("{name}: elementwise 1024: {:.3} ms per op", t.elapsed().as_secs_f64() * 1e3 / 200.0);
+        let t = std::time::Instant::now();
+        for _ in 0..50 {
+            b.elementwise(Elementwise::Add, &a, &c, 1024).unwrap();
+            b.synchronize().unwrap();
+        }
+        println!("{name}: elementwise 1024 + synchronize: {:.3} ms", t.elapsed().as_secs_f64() * 1e3 / 50.0);
+    }
+}

@@ -4,12 +4,13 @@ fn dq(rb: u32, c: u32) -> f32 {
     return f16_at(rb + 2u * c);
 }
 
-fn unit_dot(rb: u32, u: u32, xo: u32, cols: u32) -> f32 {
+// Unit u of a row of n = ceil(cols / 32) units is columns u, u + n, u + 2n, … below `cols`
+// (neighbouring lanes read neighbouring halves).
+fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
     var acc = 0.0;
-    let n = min(32u, cols - 32u * u);
-    let base = rb + 64u * u;
-    for (var j = 0u; j < n; j++) {
-        acc += f16_at(base + 2u * j) * xv(xo + j);
+    let n = (cols + 31u) / 32u;
+    for (var c = u; c < cols; c += n) {
+        acc += f16_at(rb + 2u * c) * xv(xb + c);
     }
     return acc;
 }

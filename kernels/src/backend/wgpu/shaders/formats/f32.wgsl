@@ -4,13 +4,14 @@ fn dq(rb: u32, c: u32) -> f32 {
     return bitcast<f32>(w[(rb >> 2u) + c]);
 }
 
-// The dot of elements 32u .. 32u + 32 (those below `cols`) with `xv(xo ..)`.
-fn unit_dot(rb: u32, u: u32, xo: u32, cols: u32) -> f32 {
+// Unit u of a row of n = ceil(cols / 32) units is columns u, u + n, u + 2n, … below `cols`:
+// the units interleave, so that neighbouring lanes read neighbouring words.
+fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
     var acc = 0.0;
-    let n = min(32u, cols - 32u * u);
-    let base = (rb >> 2u) + 32u * u;
-    for (var j = 0u; j < n; j++) {
-        acc += bitcast<f32>(w[base + j]) * xv(xo + j);
+    let n = (cols + 31u) / 32u;
+    let base = rb >> 2u;
+    for (var c = u; c < cols; c += n) {
+        acc += bitcast<f32>(w[base + c]) * xv(xb + c);
     }
     return acc;
 }

@@ -8,7 +8,8 @@ fn dq(rb: u32, c: u32) -> f32 {
     return f32(q) * f16_at(o) + f16_at(o + 2u);
 }
 
-fn unit_dot(rb: u32, u: u32, xo: u32, cols: u32) -> f32 {
+fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
+    let xo = xb + 32u * u;
     let o = rb + u * 20u;
     var qx = 0.0;
     var sx = 0.0;

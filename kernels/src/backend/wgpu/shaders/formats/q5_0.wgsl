@@ -9,7 +9,8 @@ fn dq(rb: u32, c: u32) -> f32 {
     return (f32(lo | hi) - 16.0) * f16_at(o);
 }
 
-fn unit_dot(rb: u32, u: u32, xo: u32, cols: u32) -> f32 {
+fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
+    let xo = xb + 32u * u;
     let o = rb + u * 22u;
     let qh = u32_at(o + 2u);
     var acc = 0.0;

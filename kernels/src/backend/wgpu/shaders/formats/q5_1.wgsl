@@ -9,7 +9,8 @@ fn dq(rb: u32, c: u32) -> f32 {
     return f32(lo | hi) * f16_at(o) + f16_at(o + 2u);
 }
 
-fn unit_dot(rb: u32, u: u32, xo: u32, cols: u32) -> f32 {
+fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
+    let xo = xb + 32u * u;
     let o = rb + u * 24u;
     let qh = u32_at(o + 4u);
     var qx = 0.0;

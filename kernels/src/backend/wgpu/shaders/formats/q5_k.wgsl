@@ -22,7 +22,8 @@ fn dq(rb: u32, c: u32) -> f32 {
     return f16_at(o) * sm.x * f32(lo | hi) - f16_at(o + 2u) * sm.y;
 }
 
-fn unit_dot(rb: u32, u: u32, xo: u32, cols: u32) -> f32 {
+fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
+    let xo = xb + 32u * u;
     let o = rb + (u >> 3u) * 176u;
     let ch = u & 7u;
     let sm = scale_min(o + 4u, ch);

@@ -18,7 +18,8 @@ fn dq(rb: u32, c: u32) -> f32 {
     return f16_at(o + 208u) * q6_scale(o, 8u * h + 2u * k + (l >> 4u)) * (f32(lo | (hi << 4u)) - 32.0);
 }
 
-fn unit_dot(rb: u32, u: u32, xo: u32, cols: u32) -> f32 {
+fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
+    let xo = xb + 32u * u;
     let o = rb + (u >> 3u) * 210u;
     let ch = u & 7u;
     let h = ch >> 2u;

@@ -6,7 +6,8 @@ fn dq(rb: u32, c: u32) -> f32 {
     return i8_of(b, 0u) * f16_at(o);
 }
 
-fn unit_dot(rb: u32, u: u32, xo: u32, cols: u32) -> f32 {
+fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
+    let xo = xb + 32u * u;
     let o = rb + u * 34u;
     var acc = 0.0;
     for (var i = 0u; i < 8u; i++) {
