@@ -84,6 +84,7 @@ fn every_source_compiles_to_ptx_and_assembles_for_every_arch() {
                     let log = String::from_utf8_lossy(&o.stderr);
                     let spills = log.lines().filter(|l| l.contains("spill") && !l.contains(" 0 bytes spill stores, 0 bytes spill loads")).count();
                     eprintln!("ptxas -arch={arch} {name}: ok{}", if spills > 0 { format!(" ({spills} kernels spill registers)") } else { String::new() });
+                    log.lines().filter(|l| l.contains("warning")).for_each(|l| eprintln!("  {l}"));
                 }
                 Ok(o) => failures.push(format!("ptxas -arch={arch} {name}: {}\n{}", o.status, String::from_utf8_lossy(&o.stderr))),
                 Err(e) => failures.push(format!("running {}: {e}", ptxas.display())),
