@@ -186,9 +186,10 @@ impl Gpu {
         self.allocated.load(Ordering::Relaxed)
     }
 
-    /// A piece of `len` logical bytes (padded to 4), zeroed, or holding `data`.
+    /// A piece of `len` logical bytes (padded to 16, so that kernels may read vec4s), zeroed, or
+    /// holding `data`.
     fn piece(&self, op: &'static str, start: usize, len: usize, data: Option<&[u8]>) -> Result<Piece> {
-        let size = round4(len.max(4) as u64);
+        let size = (len.max(16) as u64).next_multiple_of(16);
         if size > self.max_buffer {
             return Err(device_err(op, format!("a buffer of {len} bytes exceeds the adapter's max_buffer_size {}", self.max_buffer)));
         }
@@ -233,7 +234,8 @@ impl Gpu {
         Ok(DeviceBuffer::new(data.len(), GpuBuf { pieces }))
     }
 
-    /// The first `need` bytes of `b` (a one-piece buffer of at least `need` bytes) as a binding.
+    /// The first `need` bytes of `b` (a one-piece buffer of at least `need` bytes) as a binding,
+    /// rounded up to 16 bytes within the buffer's padding.
     pub fn bind<'a>(&self, op: &'static str, what: &str, b: &'a DeviceBuffer, need: usize) -> Result<wgpu::BufferBinding<'a>> {
         if b.bytes() < need {
             return Err(short(op, what, need, b.bytes()));
@@ -242,7 +244,7 @@ impl Gpu {
             [one] => one,
             _ => return Err(device_err(op, format!("{what} is a matrix split in pieces, not a plain buffer"))),
         };
-        let size = round4(need.max(4) as u64);
+        let size = (need.max(16) as u64).next_multiple_of(16).min(piece.buffer.size());
         if size > self.max_binding as u64 {
             return Err(device_err(op, format!("{what}: {need} bytes exceed the storage binding limit of {} bytes", self.max_binding)));
         }

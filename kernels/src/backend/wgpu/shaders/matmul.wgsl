@@ -17,8 +17,13 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;  // (n_tokens, cols)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;  // (n_tokens, out_stride)
 
+// Only `dq` of the format is used here; `unit_dot` (matvec) needs these to compile.
 fn xv(i: u32) -> f32 {
     return x[i];
+}
+
+fn xv4(i: u32) -> vec4<f32> {
+    return vec4<f32>(x[4u * i], x[4u * i + 1u], x[4u * i + 2u], x[4u * i + 3u]);
 }
 
 const TR: u32 = 64u;  // rows per tile

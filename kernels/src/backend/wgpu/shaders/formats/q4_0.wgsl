@@ -9,15 +9,12 @@ fn dq(rb: u32, c: u32) -> f32 {
 }
 
 fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
-    let xo = xb + 32u * u;
+    let x4 = (xb >> 2u) + 8u * u;
     let o = rb + u * 18u;
     var acc = 0.0;
     for (var i = 0u; i < 4u; i++) {
         let q = u32_at(o + 2u + 4u * i);
-        for (var k = 0u; k < 4u; k++) {
-            let b = q >> (8u * k);
-            acc += (f32(b & 0xfu) - 8.0) * xv(xo + 4u * i + k) + (f32((b >> 4u) & 0xfu) - 8.0) * xv(xo + 16u + 4u * i + k);
-        }
+        acc += dot(nib4(q) - 8.0, xv4(x4 + i)) + dot(nib4(q >> 4u) - 8.0, xv4(x4 + 4u + i));
     }
     return acc * f16_at(o);
 }

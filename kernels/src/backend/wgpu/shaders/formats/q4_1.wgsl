@@ -9,19 +9,16 @@ fn dq(rb: u32, c: u32) -> f32 {
 }
 
 fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
-    let xo = xb + 32u * u;
+    let x4 = (xb >> 2u) + 8u * u;
     let o = rb + u * 20u;
     var qx = 0.0;
     var sx = 0.0;
     for (var i = 0u; i < 4u; i++) {
         let q = u32_at(o + 4u + 4u * i);
-        for (var k = 0u; k < 4u; k++) {
-            let b = q >> (8u * k);
-            let x0 = xv(xo + 4u * i + k);
-            let x1 = xv(xo + 16u + 4u * i + k);
-            qx += f32(b & 0xfu) * x0 + f32((b >> 4u) & 0xfu) * x1;
-            sx += x0 + x1;
-        }
+        let x0 = xv4(x4 + i);
+        let x1 = xv4(x4 + 4u + i);
+        qx += dot(nib4(q), x0) + dot(nib4(q >> 4u), x1);
+        sx += dot(x0 + x1, vec4<f32>(1.0));
     }
     return qx * f16_at(o) + sx * f16_at(o + 2u);
 }

@@ -10,19 +10,15 @@ fn dq(rb: u32, c: u32) -> f32 {
 }
 
 fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
-    let xo = xb + 32u * u;
+    let x4 = (xb >> 2u) + 8u * u;
     let o = rb + u * 22u;
     let qh = u32_at(o + 2u);
     var acc = 0.0;
     for (var i = 0u; i < 4u; i++) {
         let q = u32_at(o + 6u + 4u * i);
-        for (var k = 0u; k < 4u; k++) {
-            let j = 4u * i + k;
-            let b = q >> (8u * k);
-            let q0 = (b & 0xfu) | (((qh >> j) & 1u) << 4u);
-            let q1 = ((b >> 4u) & 0xfu) | (((qh >> (j + 16u)) & 1u) << 4u);
-            acc += (f32(q0) - 16.0) * xv(xo + j) + (f32(q1) - 16.0) * xv(xo + 16u + j);
-        }
+        let q0 = nib4(q) + 16.0 * bits4(qh >> (4u * i));
+        let q1 = nib4(q >> 4u) + 16.0 * bits4(qh >> (16u + 4u * i));
+        acc += dot(q0 - 16.0, xv4(x4 + i)) + dot(q1 - 16.0, xv4(x4 + 4u + i));
     }
     return acc * f16_at(o);
 }

@@ -10,23 +10,17 @@ fn dq(rb: u32, c: u32) -> f32 {
 }
 
 fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
-    let xo = xb + 32u * u;
+    let x4 = (xb >> 2u) + 8u * u;
     let o = rb + u * 24u;
     let qh = u32_at(o + 4u);
     var qx = 0.0;
     var sx = 0.0;
     for (var i = 0u; i < 4u; i++) {
         let q = u32_at(o + 8u + 4u * i);
-        for (var k = 0u; k < 4u; k++) {
-            let j = 4u * i + k;
-            let b = q >> (8u * k);
-            let q0 = (b & 0xfu) | (((qh >> j) & 1u) << 4u);
-            let q1 = ((b >> 4u) & 0xfu) | (((qh >> (j + 16u)) & 1u) << 4u);
-            let x0 = xv(xo + j);
-            let x1 = xv(xo + 16u + j);
-            qx += f32(q0) * x0 + f32(q1) * x1;
-            sx += x0 + x1;
-        }
+        let x0 = xv4(x4 + i);
+        let x1 = xv4(x4 + 4u + i);
+        qx += dot(nib4(q) + 16.0 * bits4(qh >> (4u * i)), x0) + dot(nib4(q >> 4u) + 16.0 * bits4(qh >> (16u + 4u * i)), x1);
+        sx += dot(x0 + x1, vec4<f32>(1.0));
     }
     return qx * f16_at(o) + sx * f16_at(o + 2u);
 }

@@ -23,7 +23,7 @@ fn dq(rb: u32, c: u32) -> f32 {
 }
 
 fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
-    let xo = xb + 32u * u;
+    let x4 = (xb >> 2u) + 8u * u;
     let o = rb + (u >> 3u) * 176u;
     let ch = u & 7u;
     let sm = scale_min(o + 4u, ch);
@@ -32,14 +32,10 @@ fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
     var qx = 0.0;
     var sx = 0.0;
     for (var i = 0u; i < 8u; i++) {
-        let q = u32_at(qo + 4u * i) >> sh;
-        let h = u32_at(o + 16u + 4u * i) >> ch;
-        for (var k = 0u; k < 4u; k++) {
-            let v = ((q >> (8u * k)) & 0xfu) | (((h >> (8u * k)) & 1u) << 4u);
-            let xx = xv(xo + 4u * i + k);
-            qx += f32(v) * xx;
-            sx += xx;
-        }
+        let v = nib4(u32_at(qo + 4u * i) >> sh) + 16.0 * bytes4(u32_at(o + 16u + 4u * i) >> ch, 1u);
+        let xx = xv4(x4 + i);
+        qx += dot(v, xx);
+        sx += dot(xx, vec4<f32>(1.0));
     }
     return f16_at(o) * sm.x * qx - f16_at(o + 2u) * sm.y * sx;
 }

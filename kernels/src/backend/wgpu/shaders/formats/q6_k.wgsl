@@ -19,7 +19,7 @@ fn dq(rb: u32, c: u32) -> f32 {
 }
 
 fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
-    let xo = xb + 32u * u;
+    let x4 = (xb >> 2u) + 8u * u;
     let o = rb + (u >> 3u) * 210u;
     let ch = u & 7u;
     let h = ch >> 2u;
@@ -30,13 +30,8 @@ fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
     let hi_sh = 2u * k;
     var acc = vec2<f32>(0.0, 0.0);
     for (var i = 0u; i < 8u; i++) {
-        let lo = u32_at(lo_o + 4u * i) >> lo_sh;
-        let hi = u32_at(hi_o + 4u * i) >> hi_sh;
-        var part = 0.0;
-        for (var b = 0u; b < 4u; b++) {
-            let q = ((lo >> (8u * b)) & 0xfu) | (((hi >> (8u * b)) & 3u) << 4u);
-            part += (f32(q) - 32.0) * xv(xo + 4u * i + b);
-        }
+        let q = nib4(u32_at(lo_o + 4u * i) >> lo_sh) + 16.0 * bytes4(u32_at(hi_o + 4u * i) >> hi_sh, 3u);
+        let part = dot(q - 32.0, xv4(x4 + i));
         if i < 4u {
             acc.x += part;
         } else {

@@ -7,14 +7,11 @@ fn dq(rb: u32, c: u32) -> f32 {
 }
 
 fn unit_dot(rb: u32, u: u32, xb: u32, cols: u32) -> f32 {
-    let xo = xb + 32u * u;
+    let x4 = (xb >> 2u) + 8u * u;
     let o = rb + u * 34u;
     var acc = 0.0;
     for (var i = 0u; i < 8u; i++) {
-        let q = u32_at(o + 2u + 4u * i);
-        for (var k = 0u; k < 4u; k++) {
-            acc += i8_of(q, k) * xv(xo + 4u * i + k);
-        }
+        acc += dot(ibytes4(u32_at(o + 2u + 4u * i)), xv4(x4 + i));
     }
     return acc * f16_at(o);
 }
