@@ -176,8 +176,9 @@ static __device__ __forceinline__ float dot_piece(const int *q, const float *A, 
         int si = 0, sx = 0;
 #pragma unroll
         for (int k = 4 * g; k < 4 * g + 4; k++) {
-            si = dp4a(q[k], a[k], si);
-            sx = dp4a(0x01010101, a[k], sx);
+            const int ak = __ldg(a + k);
+            si = dp4a(q[k], ak, si);
+            sx = dp4a(0x01010101, ak, sx);
         }
         s += A[g] * (float)si + B[g] * (float)sx;
     }

@@ -25,20 +25,24 @@ static __device__ __forceinline__ float bf16_to_f32(u16 h) {
     return __uint_as_float(((u32)h) << 16);
 }
 
+// Weight loads go through the read-only data cache (`__ldg`, ld.global.nc): on Pascal, plain
+// global loads are cached in L2 only, and the block formats' narrow, strided loads would each
+// cost an L2 transaction. Only for memory no kernel writes while it runs.
+
 // The little-endian f16 at byte `off` of `p` (`p + off` 2-byte aligned).
 static __device__ __forceinline__ float f16_at(const u8 *p, u32 off) {
-    return f16_to_f32(*(const u16 *)(p + off));
+    return f16_to_f32(__ldg((const u16 *)(p + off)));
 }
 
 // The 4 bytes at int index `i` of `p`, where `p` is only 2-byte aligned (two 16-bit loads).
 static __device__ __forceinline__ int get_int_b2(const void *p, int i) {
     const u16 *h = (const u16 *)p;
-    return (int)((u32)h[2 * i] | ((u32)h[2 * i + 1] << 16));
+    return (int)((u32)__ldg(h + 2 * i) | ((u32)__ldg(h + 2 * i + 1) << 16));
 }
 
 // The 4 bytes at int index `i` of `p`, where `p` is 4-byte aligned.
 static __device__ __forceinline__ int get_int_b4(const void *p, int i) {
-    return ((const int *)p)[i];
+    return __ldg((const int *)p + i);
 }
 
 // Sum of the four signed byte products of `a` and `b`, plus `c` (sm_61+).
