@@ -10,8 +10,10 @@
 // A format's `load(row, i, q, A, B)` decodes piece i of a row into 8 ints of quants `q` (elements
 // 4k..4k+3 in int k, as the activation block's 8 ints) and, per half g of 16 elements, the
 // factors of its integer sums: the piece dotted with an activation block (quants a, scale dx) is
-//     dx * sum_g (A[g] * sum_{k in g} q[k].a[k]  +  B[g] * sum_{k in g} 1.a[k]),
-// B carrying the formats' offsets (-8 d, -16 d, -32 d scale) and minimums (m, -dmin * min).
+//     dx * sum_g (A[g] * (sum_{k in g} q[k].a[k] + OFF * s_g)  +  B[g] * s_g),
+//     s_g = sum_{k in g} 1.a[k],
+// with the format's integer offset OFF (-8, -16, -32, else 0) applied exactly, in integers, and B
+// its minimum (m, -dmin * min; 0 for the offset formats).
 
 // Low nibbles (elements 4k..) and high nibbles (elements 16 + 4k..) of a 16-byte `qs` field.
 static __device__ __forceinline__ void nibbles(u32 v, int k, int *q) {
@@ -33,17 +35,19 @@ static __device__ __forceinline__ void same(float *A, float *B, float a, float b
 
 // block_q4_0 { d: f16, qs: [u8; 16] } (18 bytes): (q - 8) * d.
 struct Q4_0 {
+    static const int OFF = -8;
     static __device__ __forceinline__ void load(const u8 *row, u32 i, int *q, float *A, float *B) {
         const u8 *b = row + (u64)i * 18;
 #pragma unroll
         for (int k = 0; k < 4; k++) nibbles((u32)get_int_b2(b + 2, k), k, q);
         const float d = f16_at(b, 0);
-        same(A, B, d, -8.0f * d);
+        same(A, B, d, 0.0f);
     }
 };
 
 // block_q4_1 { d: f16, m: f16, qs: [u8; 16] } (20 bytes): q * d + m.
 struct Q4_1 {
+    static const int OFF = 0;
     static __device__ __forceinline__ void load(const u8 *row, u32 i, int *q, float *A, float *B) {
         const u8 *b = row + (u64)i * 20;
 #pragma unroll
@@ -64,16 +68,18 @@ static __device__ __forceinline__ void q5_quants(const u8 *qs, u32 qh, bool alig
 
 // block_q5_0 { d: f16, qh: [u8; 4], qs: [u8; 16] } (22 bytes): (q - 16) * d.
 struct Q5_0 {
+    static const int OFF = -16;
     static __device__ __forceinline__ void load(const u8 *row, u32 i, int *q, float *A, float *B) {
         const u8 *b = row + (u64)i * 22;
         q5_quants(b + 6, (u32)get_int_b2(b + 2, 0), false, q);
         const float d = f16_at(b, 0);
-        same(A, B, d, -16.0f * d);
+        same(A, B, d, 0.0f);
     }
 };
 
 // block_q5_1 { d: f16, m: f16, qh: [u8; 4], qs: [u8; 16] } (24 bytes): q * d + m.
 struct Q5_1 {
+    static const int OFF = 0;
     static __device__ __forceinline__ void load(const u8 *row, u32 i, int *q, float *A, float *B) {
         const u8 *b = row + (u64)i * 24;
         q5_quants(b + 8, (u32)get_int_b4(b + 4, 0), true, q);
@@ -83,6 +89,7 @@ struct Q5_1 {
 
 // block_q8_0 { d: f16, qs: [i8; 32] } (34 bytes): q * d.
 struct Q8_0 {
+    static const int OFF = 0;
     static __device__ __forceinline__ void load(const u8 *row, u32 i, int *q, float *A, float *B) {
         const u8 *b = row + (u64)i * 34;
 #pragma unroll
@@ -108,6 +115,7 @@ static __device__ __forceinline__ void scale_min_k4(const u8 *s, u32 j, float *s
 // Piece c (0..8) is the low (c even) or high (c odd) nibbles of qs[32 (c / 2) ..][..32]; its value
 // is d * scale_c * q - dmin * min_c.
 struct Q4_K {
+    static const int OFF = 0;
     static __device__ __forceinline__ void load(const u8 *row, u32 i, int *q, float *A, float *B) {
         const u8 *b = row + (u64)(i / 8) * 144;
         const u32 c = i % 8;
@@ -124,6 +132,7 @@ struct Q4_K {
 // block_q5_K { d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128] } (176 bytes):
 // Q4_K's nibbles (qs at 48) plus a fifth bit, bit c of qh[l], worth 16.
 struct Q5_K {
+    static const int OFF = 0;
     static __device__ __forceinline__ void load(const u8 *row, u32 i, int *q, float *A, float *B) {
         const u8 *b = row + (u64)(i / 8) * 176;
         const u32 c = i % 8;
@@ -147,6 +156,7 @@ struct Q5_K {
 // ql[64 h + 32 (k % 2) ..][..32], high 2 bits are bits 2k.. of qh[32 h ..][..32]; the value is
 // (q - 32) * d * scales[8 h + 2 k + l / 16].
 struct Q6_K {
+    static const int OFF = -32;
     static __device__ __forceinline__ void load(const u8 *row, u32 i, int *q, float *A, float *B) {
         const u8 *b = row + (u64)(i / 8) * 210;
         const u32 c = i % 8, h = c / 4, k = c % 4;
@@ -163,12 +173,13 @@ struct Q6_K {
 #pragma unroll
         for (int g = 0; g < 2; g++) {
             A[g] = d * (float)(i8)b[192 + 8 * h + 2 * k + g];
-            B[g] = -32.0f * A[g];
+            B[g] = 0.0f;
         }
     }
 };
 
-// Piece quants `q` (factors A, B) times activation block `a` (8 ints) of scale `dx`.
+// Piece quants `q` (offset OFF, factors A, B) times activation block `a` (8 ints) of scale `dx`.
+template <int OFF>
 static __device__ __forceinline__ float dot_piece(const int *q, const float *A, const float *B, const int *a, float dx) {
     float s = 0.0f;
 #pragma unroll
@@ -180,7 +191,7 @@ static __device__ __forceinline__ float dot_piece(const int *q, const float *A, 
             si = dp4a(q[k], ak, si);
             sx = dp4a(0x01010101, ak, sx);
         }
-        s += A[g] * (float)si + B[g] * (float)sx;
+        s += A[g] * (float)(si + OFF * sx) + B[g] * (float)sx;
     }
     return dx * s;
 }
@@ -213,7 +224,7 @@ static __device__ __forceinline__ void mmvq(const u8 *w, u64 row_bytes, const u3
             for (int j = 0; j < NT; j++) {
                 if (j < nt) {
                     const u64 ab = (u64)(tb + j) * blocks + b; // activation block
-                    sum[j] += dot_piece(q, A, B, (const int *)(xq + ab * 32), xd[ab]);
+                    sum[j] += dot_piece<F::OFF>(q, A, B, (const int *)(xq + ab * 32), xd[ab]);
                 }
             }
         }
