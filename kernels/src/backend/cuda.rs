@@ -7,7 +7,12 @@
 //! Everything is queued on one stream: ops return once their kernels are launched, and only
 //! [`Backend::read`] and [`Backend::synchronize`] wait. Buffers are raw device allocations
 //! (cudarc's event tracking is off: one stream orders everything), counted in
-//! [`Backend::allocated_bytes`] until dropped, internal scratch included.
+//! [`Backend::allocated_bytes`] until dropped, internal scratch included (the 8-bit activation
+//! scratch and the status word are made with the backend; a product larger than the resident
+//! scratch takes its own for the call). Row lists live on the device, so an index past the matrix
+//! is found by the kernel: it sets the status word, and the next wait fails with a shape error.
+//! Supported formats: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K (not Q2_K,
+//! Q3_K). Devices below compute capability 6.1 are refused.
 //!
 //! The files: `cuda/compile.rs` (the sources, NVRTC, the disk cache, [`compile_all`] for the
 //! compile check), `cuda/ops.rs` (the `call_<op>` wrappers: shape checks and launches),
