@@ -271,7 +271,29 @@ fn products_over_matrices_split_in_small_pieces() {
         let m = random_mat(dtype, 45, blocks, &mut rng);
         let x = rows::random_x(m.cols, &mut rng);
         check_split_products(&format!("{} (pieces of 2000 bytes)", b.name()), &b, &m, &x, &mut rng);
+        // The pieces read back as one buffer.
+        let dm = upload_mat(&b, &m);
+        let mut bytes = vec![0u8; m.data.len() - 3];
+        b.read(&dm.buf, 3, &mut bytes).unwrap();
+        assert!(bytes == m.data[3..], "{dtype}: a split matrix read back");
     }
+}
+
+/// Memory the device cannot give is an error, and the backend goes on.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_allocation_beyond_the_device_is_an_error() {
+    let Ok(b) = ember_kernels::backend::wgpu::WgpuBackend::new(0, false) else {
+        assert!(std::env::var("EMBER_REQUIRE_WGPU").as_deref() != Ok("1"), "no wgpu adapter");
+        return;
+    };
+    let base = b.allocated_bytes();
+    assert!(b.alloc(1 << 44).is_err(), "{}: a 16 TiB buffer", b.name());
+    let inconsistent = MatRef { dtype: DType::F32, rows: 1, cols: 1 << 30, data: &[] };
+    assert!(b.upload_mat(inconsistent).is_err(), "{}: a matrix view whose bytes do not match its shape", b.name());
+    assert_eq!(b.allocated_bytes(), base);
+    let a = b.upload_f32(&[1.0, 2.0]).unwrap();
+    assert_eq!(read_f32(&b, &a, 2), [1.0, 2.0]);
 }
 
 #[test]
@@ -458,6 +480,7 @@ fn copy_write_and_read_move_the_right_elements() {
             b.read(&buf, off, &mut out).unwrap();
             assert_eq!(out, bytes[off..off + len], "{name}: read {len} bytes at {off}");
         }
+        b.flush().unwrap();
         b.synchronize().unwrap();
     }
 }

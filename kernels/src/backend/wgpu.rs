@@ -31,7 +31,8 @@ pub struct WgpuBackend {
 
 impl WgpuBackend {
     /// The adapter at `index` among those wgpu finds (Vulkan, Metal, DX12, GL) that can run
-    /// compute shaders; `hardware_only` skips software adapters (Mesa's lavapipe/llvmpipe).
+    /// compute shaders, discrete GPUs first, then integrated, virtual, and software adapters
+    /// (Mesa's lavapipe/llvmpipe) last; `hardware_only` skips the software ones.
     pub fn new(index: usize, hardware_only: bool) -> Result<Self> {
         let op = "open";
         let instance = wgpu::Instance::new(&wgpu::InstanceDescriptor {
@@ -44,6 +45,15 @@ impl WgpuBackend {
             .filter(|a| a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS))
             .filter(|a| !hardware_only || a.get_info().device_type != wgpu::DeviceType::Cpu)
             .collect();
+        // GPUs first, software last; wgpu's order (Vulkan before GL) within each kind.
+        let rank = |a: &wgpu::Adapter| match a.get_info().device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu | wgpu::DeviceType::Other => 2,
+            wgpu::DeviceType::Cpu => 3,
+        };
+        let mut adapters = adapters;
+        adapters.sort_by_key(rank);
         let describe = |a: &wgpu::Adapter| {
             let info = a.get_info();
             format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)

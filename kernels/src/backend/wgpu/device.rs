@@ -194,12 +194,20 @@ impl Gpu {
             return Err(device_err(op, format!("a buffer of {len} bytes exceeds the adapter's max_buffer_size {}", self.max_buffer)));
         }
         use wgpu::BufferUsages as U;
+        // A failed buffer must not be mapped (wgpu panics there), so its error is caught here.
+        self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size,
             usage: U::STORAGE | U::COPY_SRC | U::COPY_DST,
             mapped_at_creation: data.is_some(),
         });
+        let invalid = pollster::block_on(self.device.pop_error_scope());
+        let out_of_memory = pollster::block_on(self.device.pop_error_scope());
+        if let Some(e) = out_of_memory.or(invalid) {
+            return Err(device_err(op, format!("a buffer of {size} bytes: {e}")));
+        }
         if let Some(data) = data {
             buffer.slice(..).get_mapped_range_mut()[..data.len()].copy_from_slice(data);
             buffer.unmap();
