@@ -195,6 +195,9 @@ impl Gpu {
         }
         use wgpu::BufferUsages as U;
         // A failed buffer must not be mapped (wgpu panics there), so its error is caught here.
+        // Error scopes are per device: the op lock keeps other threads' errors out of them
+        // (pipelines are built under it too).
+        let guard = self.lock(op)?;
         self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -205,6 +208,7 @@ impl Gpu {
         });
         let invalid = pollster::block_on(self.device.pop_error_scope());
         let out_of_memory = pollster::block_on(self.device.pop_error_scope());
+        drop(guard);
         if let Some(e) = out_of_memory.or(invalid) {
             return Err(device_err(op, format!("a buffer of {size} bytes: {e}")));
         }
@@ -225,9 +229,9 @@ impl Gpu {
     /// `rows` rows of `row_bytes` from `data`, in pieces of whole rows no larger than a storage
     /// binding (a multiple of 4 rows each, so every piece starts 4-byte aligned).
     pub fn matrix(&self, op: &'static str, data: &[u8], rows: usize, row_bytes: usize) -> Result<DeviceBuffer> {
-        let per = if row_bytes == 0 { rows.max(1) } else { self.max_piece / row_bytes / 4 * 4 };
+        let per = self.max_piece.checked_div(row_bytes).map_or(rows.max(1), |n| n / 4 * 4);
         if per == 0 {
-            return Err(device_err(op, format!("a row of {row_bytes} bytes exceeds the storage binding limit of {} bytes", self.max_piece)));
+            return Err(device_err(op, format!("four rows of {row_bytes} bytes exceed the storage binding limit of {} bytes", self.max_piece)));
         }
         let mut pieces = Vec::new();
         let mut row0 = 0;
@@ -347,7 +351,7 @@ impl Gpu {
     /// Writes `data` at byte `offset` of `dst`, after the ops submitted so far.
     pub fn write(&self, dst: &DeviceBuffer, offset: usize, data: &[u8]) -> Result<()> {
         let op = "write";
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return Err(KernelError::Shape { op, expected: "an offset that is a multiple of 4".into(), got: format!("{offset}") });
         }
         let end = offset + data.len();
@@ -355,7 +359,7 @@ impl Gpu {
             return Err(short(op, "the destination", end, dst.bytes()));
         }
         let mut bytes = data.to_vec();
-        if end % 4 != 0 {
+        if !end.is_multiple_of(4) {
             // The rest of the last word keeps its bytes (those past the buffer's end are padding).
             let keep = (end.next_multiple_of(4)).min(dst.bytes()) - end;
             let mut tail = vec![0u8; keep];

@@ -52,7 +52,7 @@ pub(super) fn call_rope(g: &Gpu, x: &DeviceBuffer, cos: &DeviceBuffer, sin: &Dev
 pub(super) fn call_attention(g: &Gpu, s: &AttnShape, n_tokens: usize, q: &DeviceBuffer, k: &DeviceBuffer, v: &DeviceBuffer, out: &DeviceBuffer) -> Result<()> {
     let op = "attention";
     let hd = s.head_dim;
-    if hd == 0 || hd > MAX_HEAD_DIM || s.n_kv_heads == 0 || s.n_heads % s.n_kv_heads != 0 {
+    if hd == 0 || hd > MAX_HEAD_DIM || s.n_kv_heads == 0 || !s.n_heads.is_multiple_of(s.n_kv_heads) {
         return Err(KernelError::Shape {
             op,
             expected: format!("0 < head_dim <= {MAX_HEAD_DIM} and n_heads a multiple of n_kv_heads"),

@@ -108,7 +108,8 @@ impl Pipelines {
         Self::default()
     }
 
-    /// The pipeline of `kernel`, built now if it is the first call.
+    /// The pipeline of `kernel`, built now if it is the first call. Callers hold the op lock
+    /// (`Gpu::run`), which keeps other threads' errors out of the error scope used here.
     pub fn get(&self, device: &wgpu::Device, kernel: Kernel) -> Result<Arc<Pipeline>> {
         let op = "pipeline";
         let mut built = self.built.lock().map_err(|_| device_err(op, "pipeline cache lock poisoned"))?;
