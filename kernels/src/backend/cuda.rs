@@ -233,7 +233,7 @@ fn load(ctx: &Arc<CudaContext>, source: &Source, image: compile::Image) -> std::
 /// An uninitialized allocation of at least `bytes` bytes (a multiple of 4, at least 4) on
 /// `stream`, counted in `counter` until dropped. The caller has bound the context.
 fn alloc_mem(stream: &Arc<CudaStream>, counter: &Arc<AtomicUsize>, bytes: usize, op: &'static str) -> Result<CudaMem> {
-    let n = bytes.max(4).div_ceil(4) * 4;
+    let n = bytes.max(4).checked_next_multiple_of(4).ok_or(KernelError::Overflow { what: "allocation size" })?;
     // SAFETY: the memory is written (zeroed, uploaded or computed) before anything reads it.
     let slice = unsafe { stream.alloc::<u8>(n) }.map_err(|e| driver_err(op, e))?;
     let ptr = slice.device_ptr(stream).0;
