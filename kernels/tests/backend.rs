@@ -578,6 +578,18 @@ fn time_decode_matvec() {
             }
             let read_each = t.elapsed().as_secs_f64() * 1e3 / calls as f64;
             println!("{name}: matvec {dtype} {rows}x{cols}: {queued:.3} ms per call queued, {read_each:.3} ms with a read after each");
+            if rows > 1000 && dtype != DType::Q4_0 {
+                continue;
+            }
+            let n = 64;
+            let xn = b.upload_f32(&rows::random_x(n * cols, &mut rng)).unwrap();
+            let outn = b.alloc(n * rows * 4).unwrap();
+            b.matmul(&dm, &xn, n, &outn).unwrap();
+            b.synchronize().unwrap();
+            let t = std::time::Instant::now();
+            b.matmul(&dm, &xn, n, &outn).unwrap();
+            b.synchronize().unwrap();
+            println!("{name}: matmul {dtype} {rows}x{cols}, {n} tokens: {:.3} ms", t.elapsed().as_secs_f64() * 1e3);
         }
     }
 }
