@@ -12,8 +12,8 @@ use crate::{KernelError, Result};
 /// Rows per workgroup of the matvec kernels.
 const MATVEC_ROWS: usize = 4;
 /// Rows and tokens per workgroup of the matmul kernel.
-const TILE_ROWS: usize = 64;
-const TILE_TOKENS: usize = 32;
+const TILE_ROWS: usize = 128;
+const TILE_TOKENS: usize = 64;
 /// Columns per workgroup of the axpy kernel.
 const AXPY_COLS: usize = 256;
 

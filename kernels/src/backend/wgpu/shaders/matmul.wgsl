@@ -1,7 +1,8 @@
-// out = x · Wᵀ for several tokens (prefill): a workgroup computes a tile of 64 rows × 32 tokens,
-// stepping through the columns 32 at a time: the W tile is dequantized once into workgroup
-// memory (`dq` of the format) and shared by the 32 tokens, the x tile by the 64 rows; each of
-// the 256 threads accumulates 8 outputs (one row, 8 tokens). Dispatched once per piece of W.
+// out = x · Wᵀ for several tokens (prefill): a workgroup computes a tile of 128 rows × 64
+// tokens, stepping through the columns 16 at a time: the W tile is dequantized once into
+// workgroup memory (`dq` of the format) and shared by the 64 tokens, the x tile by the 128 rows;
+// each of the 256 threads accumulates 4 rows × 8 tokens in registers, so each value it loads
+// from workgroup memory serves 4 or 8 products. Dispatched once per piece of W.
 
 struct Params {
     rows: u32,       // rows of this piece
@@ -26,24 +27,22 @@ fn xv4(i: u32) -> vec4<f32> {
     return vec4<f32>(x[4u * i], x[4u * i + 1u], x[4u * i + 2u], x[4u * i + 3u]);
 }
 
-const TR: u32 = 64u;  // rows per tile
-const TT: u32 = 32u;  // tokens per tile
-const TK: u32 = 32u;  // columns per step
-const PER: u32 = 8u;  // tokens per thread
+const TR: u32 = 128u; // rows per tile
+const TT: u32 = 64u;  // tokens per tile
+const TK: u32 = 16u;  // columns per step
+const RPT: u32 = 4u;  // rows per thread: tr, tr + 32, tr + 64, tr + 96
+const TPT: u32 = 8u;  // tokens per thread: 8 tg .. 8 tg + 8
 
-var<workgroup> ws: array<f32, 2112>;  // (TR, TK + 1)
+var<workgroup> ws: array<f32, 2176>;  // (TR, TK + 1): padded against bank conflicts
 var<workgroup> xs: array<f32, 1024>;  // (TT, TK)
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let r0 = wg.x * TR;
     let t0 = wg.y * TT;
-    let tr = li % TR;
-    let tg = li / TR;
-    var acc: array<f32, 8>;
-    for (var j = 0u; j < PER; j++) {
-        acc[j] = 0.0;
-    }
+    let tr = li % 32u;
+    let tg = li / 32u;
+    var acc: array<f32, 32>; // (RPT, TPT), zeroed
     for (var k0 = 0u; k0 < p.cols; k0 += TK) {
         for (var i = 0u; i < 8u; i++) {
             let e = li + 256u * i;
@@ -67,18 +66,27 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
         }
         workgroupBarrier();
         for (var k = 0u; k < TK; k++) {
-            let wv = ws[tr * (TK + 1u) + k];
-            for (var j = 0u; j < PER; j++) {
-                acc[j] += wv * xs[(tg * PER + j) * TK + k];
+            var wv: array<f32, 4>;
+            for (var i = 0u; i < RPT; i++) {
+                wv[i] = ws[(tr + 32u * i) * (TK + 1u) + k];
+            }
+            for (var j = 0u; j < TPT; j++) {
+                let xv_ = xs[(tg * TPT + j) * TK + k];
+                for (var i = 0u; i < RPT; i++) {
+                    acc[i * TPT + j] += wv[i] * xv_;
+                }
             }
         }
         workgroupBarrier();
     }
-    if r0 + tr < p.rows {
-        for (var j = 0u; j < PER; j++) {
-            let t = t0 + tg * PER + j;
-            if t < p.n_tokens {
-                y[t * p.out_stride + p.row0 + r0 + tr] = acc[j];
+    for (var i = 0u; i < RPT; i++) {
+        let r = r0 + tr + 32u * i;
+        if r < p.rows {
+            for (var j = 0u; j < TPT; j++) {
+                let t = t0 + tg * TPT + j;
+                if t < p.n_tokens {
+                    y[t * p.out_stride + p.row0 + r] = acc[i * TPT + j];
+                }
             }
         }
     }
