@@ -402,7 +402,9 @@ impl Placement {
 
     /// Writes the choice out as per-layer plans with their reasons.
     fn from_choice(fp: &Footprint, freqs: &Freqs, budget: &Budget, mode: Offload, c: neurons::Choice) -> Placement {
-        let left = budget.vram - c.used;
+        // Layers mode: the bytes left when the first layer that did not fit was tried.
+        let left = budget.vram - c.used + if c.output { fp.output_gpu() } else { 0 };
+        let first_off = c.attention.iter().position(|a| !a).unwrap_or(fp.layers.len());
         let mut kv_bytes = 0;
         let layers: Vec<LayerPlan> = fp
             .layers
@@ -418,17 +420,23 @@ impl Placement {
                 kv_bytes += if c.attention[l] { lf.kv } else { 0 };
                 let total = freqs.prefix(l, fp.ffn_dim);
                 let mass = if total > 0.0 { freqs.prefix(l, k) / total } else if k == fp.ffn_dim { 1.0 } else { 0.0 };
-                let attn_why = match (c.attention[l], mode) {
-                    (true, _) => format!("attention+KV {:.2} MiB", mib(attn)),
-                    (false, Offload::Neurons) => format!("attention+KV {:.2} MiB did not fit", mib(attn)),
-                    (false, Offload::Layers) => "layer on CPU".to_string(),
+                let attn_why = match c.attention[l] {
+                    true => format!("attention+KV {:.2} MiB", mib(attn)),
+                    false => format!("attention+KV {:.2} MiB did not fit", mib(attn)),
                 };
-                let ffn_why = match (c.ffn[l], mode) {
-                    (neurons::Ffn::Whole, _) => "whole FFN as in the file".to_string(),
-                    (_, Offload::Layers) => format!("{:.2} MiB left: layers from here on run on the CPU", mib(left)),
-                    (neurons::Ffn::Hot(k), _) if k == fp.ffn_dim => "all neurons, row by row".to_string(),
-                    (neurons::Ffn::Hot(0), _) => format!("hottest neuron (freq {:.3}) did not fit", freqs.freq(l, 0)),
-                    (neurons::Ffn::Hot(k), _) => format!("hottest {k}; next (freq {:.3}) did not fit", freqs.freq(l, k)),
+                let ffn_why = match c.ffn[l] {
+                    neurons::Ffn::Whole => "whole FFN as in the file".to_string(),
+                    neurons::Ffn::Hot(k) if k == fp.ffn_dim => "all neurons, row by row".to_string(),
+                    neurons::Ffn::Hot(0) => format!("hottest neuron (freq {:.3}) did not fit", freqs.freq(l, 0)),
+                    neurons::Ffn::Hot(k) => format!("hottest {k}; next (freq {:.3}) did not fit", freqs.freq(l, k)),
+                };
+                let reason = match mode {
+                    Offload::Neurons => format!("{attn_why}; {ffn_why}"),
+                    Offload::Layers if c.attention[l] => format!("whole layer: {attn_why} + FFN {:.2} MiB", mib(ffn_gpu)),
+                    Offload::Layers if l == first_off => {
+                        format!("whole layer needs {:.2} MiB, {:.2} MiB left", mib(attn + lf.whole_ffn.gpu), mib(left))
+                    }
+                    Offload::Layers => format!("after layer {first_off}, which did not fit (a prefix of layers)"),
                 };
                 LayerPlan {
                     attention: if c.attention[l] { Device::Gpu } else { Device::Cpu },
@@ -436,7 +444,7 @@ impl Placement {
                     whole_ffn,
                     gpu_bytes: if c.attention[l] { attn } else { 0 } + ffn_gpu,
                     mass,
-                    reason: format!("{attn_why}; {ffn_why}"),
+                    reason,
                 }
             })
             .collect();
