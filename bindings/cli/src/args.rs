@@ -1,13 +1,16 @@
 //! Options shared by several subcommands, and their conversion to engine parameters.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use ember_engine::generate::{GenerationParams, Overflow};
+use ember_engine::placement::{parse_size, Offload};
 use ember_engine::sampling::{Penalties, SamplingParams, Strategy};
 use ember_engine::sparsity::{Criterion, SparsityOptions};
 use ember_engine::{Engine, EngineOptions};
+use ember_kernels::backend::DeviceSpec;
 
 #[derive(Args, Clone, Debug)]
 pub struct ModelArgs {
@@ -23,6 +26,25 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
     #[command(flatten)]
     pub sparse: SparseArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// Offloading to a GPU (the placement: `ember plan` shows what a budget buys).
+#[derive(Args, Clone, Debug, Default)]
+pub struct DeviceArgs {
+    /// GPU to offload to: auto (the first real GPU, else the CPU only), none, cuda:N, wgpu:N.
+    #[arg(long, default_value = "auto", value_parser = DeviceSpec::from_str)]
+    pub gpu: DeviceSpec,
+    /// Device memory the placement may use: bytes, or 512MiB, 3.5GiB, 8GB (decimal), 1.5G (bare
+    /// K/M/G/T are binary) (default: what the device reports free, less a tenth).
+    #[arg(long, value_parser = parse_size)]
+    pub vram: Option<u64>,
+    /// How the model is split: neurons (attention and the hottest FFN neurons on the GPU, the
+    /// cold ones on the CPU at the same time, like PowerInfer) or layers (whole layers, like
+    /// llama.cpp's -ngl).
+    #[arg(long, default_value = "neurons", value_parser = Offload::from_str)]
+    pub offload: Offload,
 }
 
 /// FFN activation sparsity.
@@ -53,8 +75,13 @@ impl ModelArgs {
         let t0 = std::time::Instant::now();
         let sp = &self.sparse;
         let sparsity = SparsityOptions { profile: sp.profile.clone(), sparsity: sp.sparsity, criterion: sp.criterion };
-        let engine = Engine::open(&path, &EngineOptions { ctx: self.ctx, sparsity, ..Default::default() })?;
+        let d = &self.device;
+        let options = EngineOptions { ctx: self.ctx, sparsity, gpu: d.gpu, vram: d.vram, offload: d.offload, ..Default::default() };
+        let engine = Engine::open(&path, &options)?;
         log::info(&format!("loaded {} in {:.2?}", path.display(), t0.elapsed()));
+        for note in &engine.notes {
+            log::info(note);
+        }
         match engine.model.sparsity() {
             Some(s) => log::info(&format!("sparse FFN: {}", s.describe())),
             None if self.sparse.profile.is_some() => log::info("sparse FFN: the profile's default is dense"),

@@ -19,7 +19,7 @@ use ember_engine::sampling::{Sampler, SamplingParams};
 use ember_engine::Engine;
 
 use ember_engine::sparsity::SparsityStats;
-use crate::args::{log, ModelArgs, SparseArgs};
+use crate::args::{log, DeviceArgs, ModelArgs, SparseArgs};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -51,6 +51,8 @@ pub struct BenchArgs {
     pub text: Option<PathBuf>,
     #[command(flatten)]
     pub sparse: SparseArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Seconds spent in each phase of one repetition (`None`: phase skipped).
@@ -67,7 +69,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.prompt + a.gen == 0 {
         bail!("nothing to measure: both -p and -n are 0");
     }
-    let model_args = ModelArgs { model: a.model.clone(), ctx: Some(a.prompt + a.gen + 1), threads: a.threads, sparse: a.sparse.clone() };
+    let model_args = ModelArgs { model: a.model.clone(), ctx: Some(a.prompt + a.gen + 1), threads: a.threads, sparse: a.sparse.clone(), device: a.device.clone() };
     let engine = model_args.open()?;
     let vocab = engine.tokenizer.vocab_size().min(engine.config().vocab_size).max(1);
     let (prompt, forced) = match &a.text {

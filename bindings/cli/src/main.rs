@@ -7,6 +7,7 @@ mod bench;
 mod chat;
 mod info;
 mod perplexity;
+mod plan;
 mod profile;
 mod run;
 mod serve;
@@ -37,6 +38,8 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Architecture, sizes, formats and bytes by tensor kind.
     Info(info::InfoArgs),
+    /// What a VRAM budget puts on the GPU (per layer, with reasons) and how fast it can decode.
+    Plan(plan::PlanArgs),
     /// Download a known model (default: the default model) into the cache.
     Pull(info::PullArgs),
     /// Prefill and decode speed (tokens/s) and peak memory, like llama-bench.
@@ -55,6 +58,7 @@ fn main() {
         Command::Profile(a) => profile::run(a),
         Command::Synth(a) => synth::run(a),
         Command::Info(a) => info::run(a),
+        Command::Plan(a) => plan::run(a),
         Command::Pull(a) => info::pull(a),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve::run(a),

@@ -657,3 +657,51 @@ fn synth_profile_and_sparse_bench_end_to_end() {
         assert!(o.stderr.contains(needle), "{args:?}: expected {needle:?} in {}", o.stderr);
     }
 }
+
+/// `ember plan` on the default model, as a user asks "will it run on my card, and how fast?": at
+/// several budgets and in both modes the totals line and the table's rows stay within the budget
+/// and the bound is printed; bad budgets, links, modes and device flags fail with messages that
+/// name them.
+#[test]
+fn plan_stays_within_the_budget_and_rejects_bad_arguments() {
+    let mib = |s: &str| -> f64 { s.trim().parse().unwrap_or_else(|_| panic!("a MiB figure: {s:?}")) };
+    for (vram, budget_mib) in [("32MiB", 32.0), ("100MiB", 100.0), ("0.5GiB", 512.0), ("1000000", 1e6 / 1048576.0)] {
+        for mode in ["neurons", "layers"] {
+            let o = ember(&["plan", "--vram", vram, "--ctx", "2048", "--offload", mode]);
+            assert_eq!(o.code, Some(0), "{vram} {mode}: {}", o.stderr);
+            // "GPU: 31.99 MiB of 32.00 MiB (99.9%): weights …, KV …, scratch 0.79 MiB"
+            let totals = o.stdout.lines().find(|l| l.starts_with("GPU: ")).unwrap_or_else(|| panic!("no totals line:\n{}", o.stdout));
+            let used = mib(totals["GPU: ".len()..].split(' ').next().unwrap());
+            assert!(used <= budget_mib + 0.005, "{vram} {mode}: {totals}");
+            let scratch = mib(totals.rsplit("scratch ").next().unwrap().trim_end_matches(" MiB"));
+            // Rows "| 3 | GPU | 1536/1536 (whole) | 5.11 | 100.0% | … |" and "| output | GPU | | 34.69 | | … |".
+            let rows: f64 = o
+                .stdout
+                .lines()
+                .filter(|l| l.starts_with("| ") && !l.starts_with("| layer"))
+                .map(|l| mib(l.split('|').nth(4).unwrap()))
+                .sum();
+            assert!((rows + scratch - used).abs() < 0.2, "{vram} {mode}: rows {rows} + scratch {scratch} vs {used}\n{}", o.stdout);
+            assert_eq!(o.stdout.matches("tokens/s").count(), 3, "this plan, the other mode, CPU only:\n{}", o.stdout);
+        }
+    }
+    let o = ember(&["plan", "--vram", "10KiB"]);
+    assert!(o.code == Some(0) && o.stdout.contains("below the GPU scratch"), "{}", o.stdout);
+    let bad = [
+        (vec!["plan", "--vram", "3.5XB"], "unknown unit 'XB'"),
+        (vec!["plan", "--vram", "-1GiB"], "--vram"),
+        (vec!["plan"], "--vram"),
+        (vec!["plan", "--vram", "1GiB", "--link", "pcie9x9"], "unknown link 'pcie9x9'"),
+        (vec!["plan", "--vram", "1GiB", "--offload", "rows"], "neurons or layers"),
+        (vec!["plan", "--vram", "1GiB", "--ctx", "0"], "ctx"),
+        (vec!["plan", "--vram", "1GiB", "--gpu-bandwidth", "0"], "bandwidth"),
+        (vec!["plan", "--vram", "1GiB", "--profile", "/nonexistent.profile.safetensors"], "/nonexistent.profile.safetensors"),
+        (vec!["run", "--gpu", "tpu:0", "--raw", "hi"], "unknown device 'tpu:0'"),
+        (vec!["run", "--vram", "lots", "--raw", "hi"], "--vram"),
+        (vec!["run", "--offload", "rows", "--raw", "hi"], "neurons or layers"),
+    ];
+    for (args, needle) in bad {
+        let o = ember(&args).fails();
+        assert!(o.stderr.contains(needle), "{args:?}: expected {needle:?} in {}", o.stderr);
+    }
+}
