@@ -96,6 +96,15 @@ fn random_shape(dtype: DType, rng: &mut StdRng) -> (usize, usize) {
     (rows, blocks)
 }
 
+/// Blocks of a row long enough for a device's widest row kernel (more than 64 units of 32).
+fn long_row_blocks(dtype: DType) -> usize {
+    match dtype.block_len() {
+        1 => 2100,
+        32 => 70,
+        _ => 9,
+    }
+}
+
 fn upload_mat(b: &dyn Backend, m: &Mat) -> DeviceMat {
     b.upload_mat(MatRef::new(m.dtype, m.rows, m.cols, &m.data).unwrap()).unwrap()
 }
@@ -128,7 +137,10 @@ fn matmul_matches_reference_for_every_format() {
         for (k, dtype) in formats(&*b).enumerate() {
             let mut rng = StdRng::seed_from_u64(k as u64);
             for (case, &n) in [1usize, 1, 2, 5, 33, 70].iter().enumerate() {
-                let (mut rows, blocks) = random_shape(dtype, &mut rng);
+                let (mut rows, mut blocks) = random_shape(dtype, &mut rng);
+                if case == 0 {
+                    blocks = long_row_blocks(dtype);
+                }
                 if case == 5 {
                     rows += 130; // past a tile of rows too
                 }
@@ -170,10 +182,13 @@ fn matvec_rows_matches_reference_for_every_format() {
         for (k, dtype) in formats(&*b).enumerate() {
             let mut rng = StdRng::seed_from_u64(100 + k as u64);
             for case in 0..4 {
-                let (rows, blocks) = random_shape(dtype, &mut rng);
+                let (rows, mut blocks) = random_shape(dtype, &mut rng);
+                let n = [0, 1, 7, 2 * rows + 3][case];
+                if case == 2 {
+                    blocks = long_row_blocks(dtype);
+                }
                 let m = random_mat(dtype, rows, blocks, &mut rng);
                 let x = rows::random_x(m.cols, &mut rng);
-                let n = [0, 1, 7, 2 * rows + 3][case];
                 let list = random_list(rows, n, &mut rng);
                 let (dm, xb) = (upload_mat(&*b, &m), b.upload_f32(&x).unwrap());
                 let (lb, out) = (b.upload_u32(&list).unwrap(), b.alloc(n * 4).unwrap());
@@ -561,7 +576,7 @@ fn allocated_bytes_count_buffers_until_dropped() {
 fn time_decode_matvec() {
     for (name, b) in backends() {
         let mut rng = StdRng::seed_from_u64(1200);
-        for (dtype, rows, cols) in [(DType::Q4_1, 576, 1536), (DType::Q4_0, 4096, 11008), (DType::Q8_0, 4096, 11008), (DType::F32, 4096, 11008), (DType::Q4_K, 4096, 11008), (DType::Q6_K, 4096, 11008)] {
+        for (dtype, rows, cols) in [(DType::Q4_1, 576, 1536), (DType::Q4_1, 1536, 576), (DType::Q4_0, 4096, 11008), (DType::Q8_0, 4096, 11008), (DType::F32, 4096, 11008), (DType::Q4_K, 4096, 11008), (DType::Q6_K, 4096, 11008)] {
             let m = random_mat(dtype, rows, cols / dtype.block_len(), &mut rng);
             let dm = upload_mat(&*b, &m);
             let x = b.upload_f32(&rows::random_x(cols, &mut rng)).unwrap();

@@ -9,8 +9,14 @@ use super::pipelines::Kernel;
 use crate::backend::{DeviceBuffer, DeviceMat};
 use crate::{KernelError, Result};
 
-/// Rows per workgroup of the matvec kernels.
-const MATVEC_ROWS: usize = 4;
+/// Threads per workgroup of the matvec kernels.
+const MATVEC_THREADS: usize = 256;
+
+/// Lanes per row of the matvec kernels for rows of `cols` elements (units of 32): enough that
+/// few idle on short rows, at most 64.
+fn matvec_lanes(cols: usize) -> usize {
+    cols.div_ceil(32).next_power_of_two().clamp(16, 64)
+}
 /// Rows and tokens per workgroup of the matmul kernel.
 const TILE_ROWS: usize = 128;
 const TILE_TOKENS: usize = 64;
@@ -69,11 +75,12 @@ pub(super) fn call_matmul(g: &Gpu, w: &DeviceMat, x: &DeviceBuffer, n_tokens: us
             let bindings = vec![p.binding, xb.clone(), ob.clone()];
             let (rows, row0) = (p.rows as u32, p.row0 as u32);
             if n_tokens == 1 {
+                let lanes = matvec_lanes(w.cols);
                 Dispatch {
-                    kernel: Kernel::Matvec(w.dtype),
+                    kernel: Kernel::Matvec(w.dtype, lanes as u32),
                     params: params(&[rows, cols, rb, row0, cols.div_ceil(32)]),
                     bindings,
-                    groups: Groups::Linear(p.rows.div_ceil(MATVEC_ROWS) as u32),
+                    groups: Groups::Linear(p.rows.div_ceil(MATVEC_THREADS / lanes) as u32),
                 }
             } else {
                 Dispatch {
@@ -101,13 +108,14 @@ pub(super) fn call_matvec_rows(g: &Gpu, w: &DeviceMat, rows: &DeviceBuffer, n_ro
     }
     let (cols, rb, total) = (check_u32(op, "cols", w.cols)?, row_bytes as u32, check_u32(op, "rows", w.rows)?);
     let list = check_u32(op, "n_rows", n_rows)?;
+    let lanes = matvec_lanes(w.cols);
     let dispatches: Vec<Dispatch<'_>> = pieces
         .into_iter()
         .map(|p| Dispatch {
-            kernel: Kernel::MatvecRows(w.dtype),
+            kernel: Kernel::MatvecRows(w.dtype, lanes as u32),
             params: params(&[p.rows as u32, cols, rb, p.row0 as u32, cols.div_ceil(32), list, total]),
             bindings: vec![p.binding, lb.clone(), xb.clone(), ob.clone(), g.status_binding()],
-            groups: Groups::Linear(n_rows.div_ceil(MATVEC_ROWS) as u32),
+            groups: Groups::Linear(n_rows.div_ceil(MATVEC_THREADS / lanes) as u32),
         })
         .collect();
     g.run(op, &dispatches)

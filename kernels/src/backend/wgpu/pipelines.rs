@@ -12,8 +12,9 @@ use crate::Result;
 /// Every kernel of the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Kernel {
-    Matvec(DType),
-    MatvecRows(DType),
+    /// With the lanes per row (16, 32 or 64).
+    Matvec(DType, u32),
+    MatvecRows(DType, u32),
     Matmul(DType),
     AxpyRows(DType),
     RmsNorm,
@@ -62,8 +63,8 @@ impl Kernel {
     fn source(self) -> Option<String> {
         let weights = |dtype: DType, kernel: &str| format_source(dtype).map(|f| format!("{COMMON}\n{f}\n{kernel}"));
         match self {
-            Kernel::Matvec(d) => weights(d, include_str!("shaders/matvec.wgsl")),
-            Kernel::MatvecRows(d) => weights(d, include_str!("shaders/matvec_rows.wgsl")),
+            Kernel::Matvec(d, _) => weights(d, include_str!("shaders/matvec.wgsl")),
+            Kernel::MatvecRows(d, _) => weights(d, include_str!("shaders/matvec_rows.wgsl")),
             Kernel::Matmul(d) => weights(d, include_str!("shaders/matmul.wgsl")),
             Kernel::AxpyRows(d) => weights(d, include_str!("shaders/axpy_rows.wgsl")),
             Kernel::RmsNorm => Some(include_str!("shaders/rms_norm.wgsl").into()),
@@ -78,8 +79,8 @@ impl Kernel {
     /// read-write so that one buffer may be bound twice, e.g. an in-place RMSNorm).
     fn storage(self) -> &'static [bool] {
         match self {
-            Kernel::Matvec(_) | Kernel::Matmul(_) => &[true, false, false],
-            Kernel::MatvecRows(_) | Kernel::AxpyRows(_) => &[true, false, false, false, false],
+            Kernel::Matvec(..) | Kernel::Matmul(_) => &[true, false, false],
+            Kernel::MatvecRows(..) | Kernel::AxpyRows(_) => &[true, false, false, false, false],
             Kernel::RmsNorm | Kernel::Rope => &[false, false, false],
             Kernel::Attention => &[false, false, false, false],
             Kernel::Elementwise => &[false, false],
@@ -89,7 +90,7 @@ impl Kernel {
 
     /// Whether the kernel records bad row indices in the status buffer.
     pub fn writes_status(self) -> bool {
-        matches!(self, Kernel::MatvecRows(_) | Kernel::AxpyRows(_))
+        matches!(self, Kernel::MatvecRows(..) | Kernel::AxpyRows(_))
     }
 }
 
@@ -146,12 +147,20 @@ impl Pipelines {
             bind_group_layouts: &[&layout],
             push_constant_ranges: &[],
         });
+        let constants = match kernel {
+            Kernel::Matvec(_, lanes) | Kernel::MatvecRows(_, lanes) => vec![("LANES", lanes as f64)],
+            _ => Vec::new(),
+        };
         let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(&format!("{kernel:?}")),
             layout: Some(&pipeline_layout),
             module: &module,
             entry_point: Some("main"),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                // Every kernel writes its workgroup memory before reading it.
+                zero_initialize_workgroup_memory: false,
+            },
             cache: None,
         });
         if let Some(e) = pollster::block_on(device.pop_error_scope()) {

@@ -1,6 +1,7 @@
-// y = W x for one token (decode): 64 lanes per row, 4 rows per workgroup of 256; each lane dots
-// units (32 elements) lane, lane + 64, … of its row with `unit_dot` of the format, then the
-// row's 64 partial sums are added in workgroup memory. Dispatched once per piece of W.
+// y = W x for one token (decode): LANES lanes per row (64 for long rows, 32 or 16 for rows of
+// few units, so that fewer lanes idle), 256 / LANES rows per workgroup; each lane dots units (32
+// elements) lane, lane + LANES, … of its row with `unit_dot` of the format, then the row's
+// partial sums are added in workgroup memory. Dispatched once per piece of W.
 
 struct Params {
     rows: u32,      // rows of this piece
@@ -23,16 +24,17 @@ fn xv4(i: u32) -> vec4<f32> {
     return x[i];
 }
 
-const LANES: u32 = 64u;
-const ROWS_PER_GROUP: u32 = 4u;
+// Lanes per row (16, 32 or 64, set per pipeline from the row's units): 256 / LANES rows per
+// workgroup.
+override LANES: u32 = 64u;
 
 var<workgroup> part: array<f32, 256>;
-var<workgroup> part8: array<f32, 32>;
+var<workgroup> part8: array<f32, 128>; // (256 / LANES, 8)
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let lane = li % LANES;
-    let r = (wg.y * nwg.x + wg.x) * ROWS_PER_GROUP + li / LANES;
+    let r = (wg.y * nwg.x + wg.x) * (256u / LANES) + li / LANES;
     var acc = 0.0;
     if r < p.rows {
         let rb = r * p.row_bytes;
@@ -43,19 +45,19 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     // Two steps of 8 (two barriers), cheaper than a tree of six on a CPU Vulkan (lavapipe).
     part[li] = acc;
     workgroupBarrier();
-    let first = li - lane;
+    let sub = li / LANES;
     if lane < 8u {
         var t = 0.0;
         for (var j = lane; j < LANES; j += 8u) {
-            t += part[first + j];
+            t += part[sub * LANES + j];
         }
-        part8[first / 8u + lane] = t;
+        part8[sub * 8u + lane] = t;
     }
     workgroupBarrier();
     if lane == 0u && r < p.rows {
         var t = 0.0;
         for (var j = 0u; j < 8u; j++) {
-            t += part8[first / 8u + j];
+            t += part8[sub * 8u + j];
         }
         y[p.row0 + r] = t;
     }

@@ -1,5 +1,5 @@
-// out[k] = W[rows[k]] · x for k < n (one token, a subset of rows): matvec.wgsl's layout (64
-// lanes per listed row, 4 per workgroup) with the row taken from the list. Dispatched once per
+// out[k] = W[rows[k]] · x for k < n (one token, a subset of rows): matvec.wgsl's layout (LANES
+// lanes per listed row, 256 / LANES per workgroup) with the row taken from the list. Dispatched once per
 // piece of W; a listed row outside this piece is left to its own piece. A row index ≥ the
 // matrix's rows is skipped and recorded (largest index + 1) in `status`, which the host reports
 // at the next read or synchronize.
@@ -29,16 +29,17 @@ fn xv4(i: u32) -> vec4<f32> {
     return x[i];
 }
 
-const LANES: u32 = 64u;
-const ROWS_PER_GROUP: u32 = 4u;
+// Lanes per row (16, 32 or 64, set per pipeline from the row's units): 256 / LANES rows per
+// workgroup.
+override LANES: u32 = 64u;
 
 var<workgroup> part: array<f32, 256>;
-var<workgroup> part8: array<f32, 32>;
+var<workgroup> part8: array<f32, 128>; // (256 / LANES, 8)
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let lane = li % LANES;
-    let k = (wg.y * nwg.x + wg.x) * ROWS_PER_GROUP + li / LANES;
+    let k = (wg.y * nwg.x + wg.x) * (256u / LANES) + li / LANES;
     var mine = false;
     var acc = 0.0;
     if k < p.n_list {
@@ -58,19 +59,19 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     // Two steps of 8 (two barriers), cheaper than a tree of six on a CPU Vulkan (lavapipe).
     part[li] = acc;
     workgroupBarrier();
-    let first = li - lane;
+    let sub = li / LANES;
     if lane < 8u {
         var t = 0.0;
         for (var j = lane; j < LANES; j += 8u) {
-            t += part[first + j];
+            t += part[sub * LANES + j];
         }
-        part8[first / 8u + lane] = t;
+        part8[sub * 8u + lane] = t;
     }
     workgroupBarrier();
     if lane == 0u && mine {
         var t = 0.0;
         for (var j = 0u; j < 8u; j++) {
-            t += part8[first / 8u + j];
+            t += part8[sub * 8u + j];
         }
         y[k] = t;
     }
