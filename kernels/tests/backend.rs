@@ -468,6 +468,28 @@ fn elementwise_ops_match_reference() {
     }
 }
 
+/// Hundreds of ops queued without a wait, each with its own parameters (past the wgpu backend's
+/// parameter ring and its automatic submissions), interleaved with writes.
+#[test]
+fn a_long_queue_of_ops_keeps_each_ops_parameters() {
+    for (name, b) in backends() {
+        let n_max = 1000;
+        let a = b.alloc(n_max * 4).unwrap();
+        let ones = b.upload_f32(&vec![1.0; n_max]).unwrap();
+        let mut want = vec![0.0f32; n_max];
+        for i in 0..700 {
+            let n = (i * 37) % n_max + 1;
+            b.elementwise(Elementwise::Add, &a, &ones, n).unwrap();
+            want[..n].iter_mut().for_each(|v| *v += 1.0);
+            if i % 150 == 149 {
+                b.write_f32(&a, 0, &[-1.0]).unwrap();
+                want[0] = -1.0;
+            }
+        }
+        assert_eq!(read_f32(&*b, &a, n_max), want, "{name}");
+    }
+}
+
 #[test]
 fn copy_write_and_read_move_the_right_elements() {
     for (name, b) in backends() {

@@ -6,10 +6,10 @@
 //! before `write` (a queue write, which must land after the ops queued before it), `read` and
 //! `synchronize` (which then wait).
 //!
-//! Parameters: each dispatch writes its 64 bytes of parameters into the next slot of one uniform
-//! ring buffer with a queue write, which lands before the next submission. The slots of the
-//! pending encoder are distinct, and the ring starts over only after a submission, so no
-//! dispatch sees another's parameters.
+//! Parameters: each dispatch takes the next slot of one uniform ring buffer; the parameters of
+//! the pending dispatches (consecutive slots) are written by one queue write just before their
+//! submission (one wgpu staging copy per submission, not per op). The ring starts over only
+//! after a submission, so no dispatch sees another's parameters.
 
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -110,6 +110,9 @@ struct Pending {
     next_slot: u64,
     encoder: Option<wgpu::CommandEncoder>,
     dispatches: usize,
+    /// The pending dispatches' parameters, one `stride` per slot from `first_slot`.
+    params: Vec<u8>,
+    first_slot: u64,
 }
 
 pub(super) struct Gpu {
@@ -174,7 +177,7 @@ impl Gpu {
             max_buffer: limits.max_buffer_size,
             allocated,
             errors,
-            pending: Mutex::new(Pending { ring, stride, next_slot: 0, encoder: None, dispatches: 0 }),
+            pending: Mutex::new(Pending { ring, stride, next_slot: 0, encoder: None, dispatches: 0, params: Vec::new(), first_slot: 0 }),
             staging: Mutex::new((staging, status_staging)),
             status,
             status_dirty: AtomicBool::new(false),
@@ -269,6 +272,10 @@ impl Gpu {
 
     /// Submits the pending commands, if any.
     fn submit(&self, p: &mut Pending) {
+        if !p.params.is_empty() {
+            self.queue.write_buffer(&p.ring, p.first_slot * p.stride, &p.params);
+            p.params.clear();
+        }
         if let Some(encoder) = p.encoder.take() {
             self.queue.submit([encoder.finish()]);
         }
@@ -302,10 +309,13 @@ impl Gpu {
                 continue;
             }
             let pipeline = self.pipelines.get(&self.device, d.kernel)?;
+            if p.params.is_empty() {
+                p.first_slot = p.next_slot;
+            }
             let offset = p.next_slot * p.stride;
             p.next_slot += 1;
-            let words: Vec<u8> = d.params.iter().flat_map(|w| w.to_le_bytes()).collect();
-            self.queue.write_buffer(&p.ring, offset, &words);
+            p.params.extend(d.params.iter().flat_map(|w| w.to_le_bytes()));
+            p.params.resize(((p.next_slot - p.first_slot) * p.stride) as usize, 0);
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
