@@ -403,11 +403,14 @@ fn attention_ref(s: &AttnShape, n: usize, q: &[f32], k: &[f32], v: &[f32]) -> Ve
 fn attention_matches_reference_with_grouped_heads_and_offsets() {
     for (name, b) in backends() {
         let mut rng = StdRng::seed_from_u64(700);
-        for case in 0..10 {
-            let (n_kv_heads, group) = ([1, 2, 4][case % 3], [1, 2, 3][case % 3]);
-            let head_dim = [64, 8, 80, 128, 256][case % 5];
-            let start = [0, 1, 63, 64, 150][rng.gen_range(0..5)];
+        for case in 0..12 {
+            let (mut n_kv_heads, mut group) = ([1, 2, 4][case % 3], [1, 2, 3][case % 3]);
+            let head_dim = [64, 8, 80, 128, 256, 6][case % 6];
+            let mut start = [0, 1, 63, 64, 150][rng.gen_range(0..5)];
             let n = [1, 2, 7, 70][case % 4];
+            if case == 8 {
+                (n_kv_heads, group, start) = (8, 4, 1000); // decode over a long cache
+            }
             let s = AttnShape { n_heads: n_kv_heads * group, n_kv_heads, head_dim, start };
             let ctx = start + n + 3;
             let (q_dim, kv_dim) = (s.n_heads * head_dim, n_kv_heads * head_dim);

@@ -17,13 +17,13 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> q: array<f32>;    // (n_tokens, n_heads * head_dim)
-@group(0) @binding(2) var<storage, read_write> kc: array<f32>;   // (ctx, n_kv_heads * head_dim)
+@group(0) @binding(2) var<storage, read_write> kc: array<vec4<f32>>;  // (ctx, n_kv_heads * head_dim)
 @group(0) @binding(3) var<storage, read_write> vc: array<f32>;   // (ctx, n_kv_heads * head_dim)
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;    // (n_tokens, n_heads * head_dim)
 
 const TILE: u32 = 64u;
 
-var<workgroup> qs: array<f32, 256>;
+var<workgroup> qs: array<vec4<f32>, 64>;  // (head_dim), scaled
 var<workgroup> ps: array<f32, 64>;
 
 @compute @workgroup_size(64)
@@ -41,8 +41,12 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
     let kv_off = (h / (p.n_heads / p.n_kv_heads)) * hd;
     let n_keys = p.start + t + 1u;
 
-    for (var d = li; d < hd; d += TILE) {
-        qs[d] = q[q_off + d] * p.scale;
+    for (var d = li; d < 256u; d += TILE) {
+        var v = 0.0;
+        if d < hd {
+            v = q[q_off + d] * p.scale;
+        }
+        qs[d >> 2u][d & 3u] = v;
     }
     workgroupBarrier();
 
@@ -55,8 +59,16 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
         if key < n_keys {
             s = 0.0;
             let kb = key * kv_dim + kv_off;
-            for (var d = 0u; d < hd; d++) {
-                s += qs[d] * kc[kb + d];
+            if (hd & 3u) == 0u {
+                // Rows of whole vec4s: a quarter of the loads.
+                for (var d4 = 0u; d4 < hd / 4u; d4++) {
+                    s += dot(qs[d4], kc[(kb >> 2u) + d4]);
+                }
+            } else {
+                for (var d = 0u; d < hd; d++) {
+                    let i = kb + d;
+                    s += qs[d >> 2u][d & 3u] * kc[i >> 2u][i & 3u];
+                }
             }
         }
         ps[li] = s;
