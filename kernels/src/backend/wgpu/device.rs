@@ -47,7 +47,7 @@ pub(super) struct Piece {
     pub buffer: wgpu::Buffer,
     /// First byte of the logical buffer this piece holds.
     pub start: usize,
-    /// Logical bytes held (the wgpu buffer is padded to a multiple of 4).
+    /// Logical bytes held (the wgpu buffer is padded to a multiple of 16).
     pub len: usize,
     /// First matrix row held (pieces of a matrix hold whole rows).
     pub row0: usize,
@@ -259,7 +259,10 @@ impl Gpu {
             [one] => one,
             _ => return Err(device_err(op, format!("{what} is a matrix split in pieces, not a plain buffer"))),
         };
-        let size = (need.max(16) as u64).next_multiple_of(16).min(piece.buffer.size());
+        let mut size = (need.max(16) as u64).next_multiple_of(16).min(piece.buffer.size());
+        if size > self.max_binding as u64 {
+            size = round4(need as u64); // at the limit: no vec4 tail
+        }
         if size > self.max_binding as u64 {
             return Err(device_err(op, format!("{what}: {need} bytes exceed the storage binding limit of {} bytes", self.max_binding)));
         }
