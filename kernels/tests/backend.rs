@@ -299,6 +299,19 @@ fn products_over_matrices_split_in_small_pieces() {
     }
 }
 
+/// An adapter index past the list is an error naming the adapters found.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_open_of_a_missing_adapter_names_those_found() {
+    use ember_kernels::backend::wgpu::WgpuBackend;
+    let e = WgpuBackend::new(99, false).err().expect("adapter 99");
+    let msg = e.to_string();
+    eprintln!("{msg}");
+    assert!(matches!(e, KernelError::Device { .. }) && msg.contains("no adapter 99; found: "), "{msg}");
+    let e = WgpuBackend::new(99, true).err().expect("hardware adapter 99");
+    assert!(e.to_string().contains("no hardware adapter 99"), "{e}");
+}
+
 /// Memory the device cannot give is an error, and the backend goes on.
 #[cfg(feature = "wgpu")]
 #[test]
