@@ -33,7 +33,8 @@ pub struct ModelArgs {
 /// Offloading to a GPU (the placement: `ember plan` shows what a budget buys).
 #[derive(Args, Clone, Debug, Default)]
 pub struct DeviceArgs {
-    /// GPU to offload to: auto (the first real GPU, else the CPU only), none, cuda:N, wgpu:N.
+    /// GPU to offload to: auto (the first real GPU, else the CPU only), none, cuda:N, wgpu:N,
+    /// host (the CPU backend standing in for a GPU: tests the placement without one).
     #[arg(long, default_value = "auto", value_parser = DeviceSpec::from_str)]
     pub gpu: DeviceSpec,
     /// Device memory the placement may use: bytes, or 512MiB, 3.5GiB, 8GB (decimal), 1.5G (bare
