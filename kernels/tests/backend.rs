@@ -586,6 +586,7 @@ fn bad_input_is_an_error_not_a_panic() {
 fn allocated_bytes_count_buffers_until_dropped() {
     for (name, b) in backends() {
         let base = b.allocated_bytes();
+        eprintln!("{name}: {base} bytes held before any buffer");
         let a = b.alloc(1001).unwrap();
         let after_alloc = b.allocated_bytes();
         assert!(after_alloc >= base + 1001, "{name}: alloc of 1001 bytes: {base} -> {after_alloc}");

@@ -21,12 +21,12 @@ use crate::{KernelError, Result};
 
 /// Bytes of one dispatch's parameters (16 words).
 pub(super) const PARAM_BYTES: usize = 64;
-/// Slots in the parameter ring.
-const RING_SLOTS: u64 = 256;
-/// Bytes of the buffer that `read` copies through.
-const STAGING_BYTES: u64 = 1 << 20;
+/// Slots in the parameter ring (16 KiB at the common 256-byte uniform offset alignment).
+const RING_SLOTS: u64 = 64;
+/// Largest buffer `read` copies through (made for each read, as large as the read up to this).
+const STAGING_BYTES: u64 = 4 << 20;
 /// Dispatches recorded before the pending encoder is submitted without being asked.
-const AUTO_SUBMIT: usize = 64;
+const AUTO_SUBMIT: usize = 48;
 /// Workgroups along one dispatch dimension (wgpu's default limit).
 const MAX_GROUPS_X: u32 = 65535;
 
@@ -47,7 +47,7 @@ pub(super) struct Piece {
     pub buffer: wgpu::Buffer,
     /// First byte of the logical buffer this piece holds.
     pub start: usize,
-    /// Logical bytes held (the wgpu buffer is padded to a multiple of 16).
+    /// Logical bytes held (the wgpu buffer is padded to a multiple of 4).
     pub len: usize,
     /// First matrix row held (pieces of a matrix hold whole rows).
     pub row0: usize,
@@ -129,12 +129,13 @@ pub(super) struct Gpu {
     errors: Arc<Mutex<Option<String>>>,
     pipelines: Pipelines,
     pending: Mutex<Pending>,
-    staging: Mutex<(wgpu::Buffer, wgpu::Buffer)>, // (data (STAGING_BYTES), status (8))
+    /// (2) u32: where `status` is copied to be read.
+    status_staging: Mutex<wgpu::Buffer>,
     /// (1) u32: the largest bad row index + 1 a row-list kernel met, 0 when none.
     status: wgpu::Buffer,
     /// Whether a row-list kernel ran since `status` was last read.
     status_dirty: AtomicBool,
-    _internal: Vec<Piece>, // the counted share of ring, staging and status
+    _internal: Vec<Piece>, // the counted share of the ring and the status buffers
 }
 
 impl Gpu {
@@ -161,10 +162,9 @@ impl Gpu {
         use wgpu::BufferUsages as U;
         let stride = (limits.min_uniform_buffer_offset_alignment as u64).max(PARAM_BYTES as u64);
         let ring = make("ember params ring", stride * RING_SLOTS, U::UNIFORM | U::COPY_DST);
-        let staging = make("ember read staging", STAGING_BYTES, U::MAP_READ | U::COPY_DST);
         let status_staging = make("ember status staging", 8, U::MAP_READ | U::COPY_DST);
         let status = make("ember row status", 8, U::STORAGE | U::COPY_SRC | U::COPY_DST);
-        let internal = [&ring, &staging, &status_staging, &status]
+        let internal = [&ring, &status_staging, &status]
             .into_iter()
             .map(|b| counted(b.clone(), 0, b.size() as usize, &allocated))
             .collect();
@@ -178,7 +178,7 @@ impl Gpu {
             allocated,
             errors,
             pending: Mutex::new(Pending { ring, stride, next_slot: 0, encoder: None, dispatches: 0, params: Vec::new(), first_slot: 0 }),
-            staging: Mutex::new((staging, status_staging)),
+            status_staging: Mutex::new(status_staging),
             status,
             status_dirty: AtomicBool::new(false),
             _internal: internal,
@@ -189,38 +189,37 @@ impl Gpu {
         self.allocated.load(Ordering::Relaxed)
     }
 
-    /// A piece of `len` logical bytes (padded to 16, so that kernels may read vec4s), zeroed, or
-    /// holding `data`.
+    /// A piece of `len` logical bytes (padded to 4), zeroed, or holding `data`.
     fn piece(&self, op: &'static str, start: usize, len: usize, data: Option<&[u8]>) -> Result<Piece> {
-        let size = (len.max(16) as u64).next_multiple_of(16);
+        let size = round4(len.max(4) as u64);
         if size > self.max_buffer {
             return Err(device_err(op, format!("a buffer of {len} bytes exceeds the adapter's max_buffer_size {}", self.max_buffer)));
         }
         use wgpu::BufferUsages as U;
-        // A failed buffer must not be mapped (wgpu panics there), so its error is caught here.
-        // Error scopes are per device: the op lock keeps other threads' errors out of them
-        // (pipelines are built under it too).
-        let guard = self.lock(op)?;
-        self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size,
-            usage: U::STORAGE | U::COPY_SRC | U::COPY_DST,
-            mapped_at_creation: data.is_some(),
-        });
-        let invalid = pollster::block_on(self.device.pop_error_scope());
-        let out_of_memory = pollster::block_on(self.device.pop_error_scope());
-        drop(guard);
-        if let Some(e) = out_of_memory.or(invalid) {
-            return Err(device_err(op, format!("a buffer of {size} bytes: {e}")));
-        }
+        let buffer = self.create(op, size, U::STORAGE | U::COPY_SRC | U::COPY_DST, data.is_some())?;
         if let Some(data) = data {
             buffer.slice(..).get_mapped_range_mut()[..data.len()].copy_from_slice(data);
             buffer.unmap();
         }
         self.check_errors(op)?;
         Ok(counted(buffer, start, len, &self.allocated))
+    }
+
+    /// A wgpu buffer, or the error that made it fail: a failed buffer must not be mapped (wgpu
+    /// panics there), so its error is caught here. Error scopes are per device: the op lock keeps
+    /// other threads' errors out of them (pipelines are built under it too).
+    fn create(&self, op: &'static str, size: u64, usage: wgpu::BufferUsages, mapped_at_creation: bool) -> Result<wgpu::Buffer> {
+        let guard = self.lock(op)?;
+        self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage, mapped_at_creation });
+        let invalid = pollster::block_on(self.device.pop_error_scope());
+        let out_of_memory = pollster::block_on(self.device.pop_error_scope());
+        drop(guard);
+        match out_of_memory.or(invalid) {
+            Some(e) => Err(device_err(op, format!("a buffer of {size} bytes: {e}"))),
+            None => Ok(buffer),
+        }
     }
 
     /// One buffer of `len` bytes, zeroed or holding `data`.
@@ -249,8 +248,7 @@ impl Gpu {
         Ok(DeviceBuffer::new(data.len(), GpuBuf { pieces }))
     }
 
-    /// The first `need` bytes of `b` (a one-piece buffer of at least `need` bytes) as a binding,
-    /// rounded up to 16 bytes within the buffer's padding.
+    /// The first `need` bytes of `b` (a one-piece buffer of at least `need` bytes) as a binding.
     pub fn bind<'a>(&self, op: &'static str, what: &str, b: &'a DeviceBuffer, need: usize) -> Result<wgpu::BufferBinding<'a>> {
         if b.bytes() < need {
             return Err(short(op, what, need, b.bytes()));
@@ -259,10 +257,7 @@ impl Gpu {
             [one] => one,
             _ => return Err(device_err(op, format!("{what} is a matrix split in pieces, not a plain buffer"))),
         };
-        let mut size = (need.max(16) as u64).next_multiple_of(16).min(piece.buffer.size());
-        if size > self.max_binding as u64 {
-            size = round4(need as u64); // at the limit: no vec4 tail
-        }
+        let size = round4(need.max(4) as u64);
         if size > self.max_binding as u64 {
             return Err(device_err(op, format!("{what}: {need} bytes exceed the storage binding limit of {} bytes", self.max_binding)));
         }
@@ -392,8 +387,9 @@ impl Gpu {
     }
 
     /// Waits for the queued work, then copies `out.len()` bytes of `src` from byte `offset`,
-    /// through the staging buffer a chunk at a time. Reports a bad row index a row-list kernel
-    /// met since the last read.
+    /// through a staging buffer made for the read (counted while it lives) of up to
+    /// `STAGING_BYTES`, a chunk at a time. Reports a bad row index a row-list kernel met since the
+    /// last read.
     pub fn read(&self, src: &DeviceBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
         let op = "read";
         let end = offset + out.len();
@@ -401,24 +397,31 @@ impl Gpu {
             return Err(short(op, "the source", end, src.bytes()));
         }
         let pieces = &handle(src, op)?.pieces;
-        let staging = self.staging.lock().map_err(|_| device_err(op, "staging lock poisoned"))?;
+        let status_staging = self.status_staging.lock().map_err(|_| device_err(op, "staging lock poisoned"))?;
+        if out.is_empty() {
+            let bad_row = self.fetch(op, &status_staging, None)?;
+            return self.report(op, bad_row);
+        }
+        // The span of whole words to copy, at most STAGING_BYTES at a time.
+        let span = ((end.next_multiple_of(4) - offset / 4 * 4) as u64).min(STAGING_BYTES);
+        let size = round8(span).max(8);
+        let staging = self.create(op, size, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, false)?;
+        let _count = counted(staging.clone(), 0, size as usize, &self.allocated);
         let mut pos = offset;
-        // Each chunk's fetch also reads the row status; an empty read still waits.
-        let mut bad_row = if out.is_empty() { self.fetch(op, &staging, None)? } else { 0 };
+        let mut bad_row = 0;
         while pos < end {
             let Some(p) = pieces.iter().find(|p| pos >= p.start && pos < p.start + p.len) else {
                 return Err(device_err(op, format!("byte {pos} lies in no piece of the buffer")));
             };
             let lo = (pos - p.start) as u64 / 4 * 4;
-            let hi = round4((end.min(p.start + p.len) - p.start) as u64).min(lo + STAGING_BYTES);
-            let got = self.fetch(op, &staging, Some((&p.buffer, lo, hi - lo)))?;
-            bad_row = bad_row.max(got);
-            let view = staging.0.slice(..round8(hi - lo)).get_mapped_range();
+            let hi = round4((end.min(p.start + p.len) - p.start) as u64).min(lo + size);
+            bad_row = bad_row.max(self.fetch(op, &status_staging, Some((&p.buffer, lo, hi - lo, &staging)))?);
+            let view = staging.slice(..round8(hi - lo)).get_mapped_range();
             let skip = (pos - p.start) - lo as usize;
             let n = (hi as usize - lo as usize - skip).min(end - pos);
             out[pos - offset..pos - offset + n].copy_from_slice(&view[skip..skip + n]);
             drop(view);
-            staging.0.unmap();
+            staging.unmap();
             pos += n;
         }
         self.report(op, bad_row)
@@ -427,38 +430,38 @@ impl Gpu {
     /// Waits until every queued op has finished; reports errors.
     pub fn synchronize(&self) -> Result<()> {
         let op = "synchronize";
-        let staging = self.staging.lock().map_err(|_| device_err(op, "staging lock poisoned"))?;
-        let bad_row = self.fetch(op, &staging, None)?;
+        let status_staging = self.status_staging.lock().map_err(|_| device_err(op, "staging lock poisoned"))?;
+        let bad_row = self.fetch(op, &status_staging, None)?;
         self.report(op, bad_row)
     }
 
-    /// Copies `chunk` (buffer, offset, bytes) into the data staging buffer and, when a row-list
-    /// kernel ran, the row status into its own (clearing it), then waits for the device. Leaves
-    /// the data staging buffer mapped when a chunk was given. Answers the status read (0: none).
-    fn fetch(&self, op: &'static str, staging: &(wgpu::Buffer, wgpu::Buffer), chunk: Option<(&wgpu::Buffer, u64, u64)>) -> Result<u32> {
+    /// Copies `chunk` (source, offset, bytes, staging buffer) into its staging buffer and, when a
+    /// row-list kernel ran, the row status into `status_staging` (clearing it), then waits for
+    /// the device. Leaves the chunk's staging buffer mapped. Answers the status read (0: none).
+    fn fetch(&self, op: &'static str, status_staging: &wgpu::Buffer, chunk: Option<(&wgpu::Buffer, u64, u64, &wgpu::Buffer)>) -> Result<u32> {
         let with_status = self.status_dirty.swap(false, Ordering::Relaxed);
         let mut pending = self.lock(op)?;
         let encoder = self.encoder(&mut pending);
-        if let Some((buffer, offset, bytes)) = chunk {
-            encoder.copy_buffer_to_buffer(buffer, offset, &staging.0, 0, bytes);
+        if let Some((buffer, offset, bytes, staging)) = chunk {
+            encoder.copy_buffer_to_buffer(buffer, offset, staging, 0, bytes);
         }
         if with_status {
-            encoder.copy_buffer_to_buffer(&self.status, 0, &staging.1, 0, 8);
+            encoder.copy_buffer_to_buffer(&self.status, 0, status_staging, 0, 8);
             encoder.clear_buffer(&self.status, 0, None);
         }
         self.submit(&mut pending);
         drop(pending);
         let results = Arc::new(Mutex::new(Vec::new()));
         let mut mapped = Vec::new();
-        if let Some((_, _, bytes)) = chunk {
-            mapped.push(&staging.0);
+        if let Some((_, _, bytes, staging)) = chunk {
+            mapped.push(staging);
             let r = results.clone();
-            staging.0.map_async(wgpu::MapMode::Read, ..round8(bytes), move |res| r.lock().map(|mut v| v.push(res)).unwrap_or(()));
+            staging.map_async(wgpu::MapMode::Read, ..round8(bytes), move |res| r.lock().map(|mut v| v.push(res)).unwrap_or(()));
         }
         if with_status {
-            mapped.push(&staging.1);
+            mapped.push(status_staging);
             let r = results.clone();
-            staging.1.map_async(wgpu::MapMode::Read, .., move |res| r.lock().map(|mut v| v.push(res)).unwrap_or(()));
+            status_staging.map_async(wgpu::MapMode::Read, .., move |res| r.lock().map(|mut v| v.push(res)).unwrap_or(()));
         }
         self.device.poll(wgpu::PollType::Wait).map_err(|e| device_err(op, format!("waiting for the device: {e}")))?;
         self.check_errors(op)?;
@@ -471,10 +474,10 @@ impl Gpu {
         }
         let mut bad_row = 0;
         if with_status {
-            let view = staging.1.slice(..).get_mapped_range();
+            let view = status_staging.slice(..).get_mapped_range();
             bad_row = u32::from_le_bytes([view[0], view[1], view[2], view[3]]);
             drop(view);
-            staging.1.unmap();
+            status_staging.unmap();
         }
         Ok(bad_row)
     }

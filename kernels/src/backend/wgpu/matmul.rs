@@ -114,7 +114,7 @@ pub(super) fn call_matvec_rows(g: &Gpu, w: &DeviceMat, rows: &DeviceBuffer, n_ro
         .map(|p| Dispatch {
             kernel: Kernel::MatvecRows(w.dtype, lanes as u32),
             params: params(&[p.rows as u32, cols, rb, p.row0 as u32, cols.div_ceil(32), list, total]),
-            bindings: vec![p.binding, lb.clone(), xb.clone(), ob.clone(), g.status_binding()],
+            bindings: vec![p.binding, xb.clone(), ob.clone(), lb.clone(), g.status_binding()],
             groups: Groups::Linear(n_rows.div_ceil(MATVEC_THREADS / lanes) as u32),
         })
         .collect();

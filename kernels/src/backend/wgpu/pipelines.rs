@@ -1,6 +1,8 @@
 //! The compute pipelines, built on first use and kept: one per kernel and, for the weight
 //! kernels, per format. A weight kernel's source is `common.wgsl` (byte access), the format's
-//! decoder (`formats/*.wgsl`: `dq` for one element, `unit_dot` for 32) and the kernel file.
+//! decoder (`formats/*.wgsl`: `dq` for one element, `unit_dot` for 32) and the kernel file; the
+//! matvec kernels also take their input's declaration (`x_vec4.wgsl` for the block formats,
+//! `x_scalar.wgsl` for the float ones).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -57,14 +59,18 @@ fn format_source(dtype: DType) -> Option<&'static str> {
 }
 
 const COMMON: &str = include_str!("shaders/common.wgsl");
+const X_VEC4: &str = include_str!("shaders/x_vec4.wgsl");
+const X_SCALAR: &str = include_str!("shaders/x_scalar.wgsl");
 
 impl Kernel {
     /// The WGSL module, or `None` for a format without a decoder.
     fn source(self) -> Option<String> {
         let weights = |dtype: DType, kernel: &str| format_source(dtype).map(|f| format!("{COMMON}\n{f}\n{kernel}"));
+        // The matvec kernels read x as vec4s where rows are whole blocks of 32.
+        let x = |dtype: DType| if dtype.is_quantized() { X_VEC4 } else { X_SCALAR };
         match self {
-            Kernel::Matvec(d, _) => weights(d, include_str!("shaders/matvec.wgsl")),
-            Kernel::MatvecRows(d, _) => weights(d, include_str!("shaders/matvec_rows.wgsl")),
+            Kernel::Matvec(d, _) => weights(d, &format!("{}\n{}", x(d), include_str!("shaders/matvec.wgsl"))),
+            Kernel::MatvecRows(d, _) => weights(d, &format!("{}\n{}", x(d), include_str!("shaders/matvec_rows.wgsl"))),
             Kernel::Matmul(d) => weights(d, include_str!("shaders/matmul.wgsl")),
             Kernel::AxpyRows(d) => weights(d, include_str!("shaders/axpy_rows.wgsl")),
             Kernel::RmsNorm => Some(include_str!("shaders/rms_norm.wgsl").into()),

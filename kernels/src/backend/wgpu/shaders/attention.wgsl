@@ -17,7 +17,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> q: array<f32>;    // (n_tokens, n_heads * head_dim)
-@group(0) @binding(2) var<storage, read_write> kc: array<vec4<f32>>;  // (ctx, n_kv_heads * head_dim)
+@group(0) @binding(2) var<storage, read_write> kc: array<f32>;   // (ctx, n_kv_heads * head_dim)
 @group(0) @binding(3) var<storage, read_write> vc: array<f32>;   // (ctx, n_kv_heads * head_dim)
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;    // (n_tokens, n_heads * head_dim)
 
@@ -60,14 +60,13 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(workgroup_id) wg: vec
             s = 0.0;
             let kb = key * kv_dim + kv_off;
             if (hd & 3u) == 0u {
-                // Rows of whole vec4s: a quarter of the loads.
                 for (var d4 = 0u; d4 < hd / 4u; d4++) {
-                    s += dot(qs[d4], kc[(kb >> 2u) + d4]);
+                    let i = kb + 4u * d4;
+                    s += dot(qs[d4], vec4<f32>(kc[i], kc[i + 1u], kc[i + 2u], kc[i + 3u]));
                 }
             } else {
                 for (var d = 0u; d < hd; d++) {
-                    let i = kb + d;
-                    s += qs[d >> 2u][d & 3u] * kc[i >> 2u][i & 3u];
+                    s += qs[d >> 2u][d & 3u] * kc[kb + d];
                 }
             }
         }

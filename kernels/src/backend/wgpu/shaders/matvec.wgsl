@@ -13,16 +13,9 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>;        // (rows, row_bytes) raw blocks
-@group(0) @binding(2) var<storage, read_write> x: array<vec4<f32>>;  // (cols), padded to 16 bytes
+// binding 2: x (cols), declared with `xv`/`xv4` by x_vec4.wgsl or x_scalar.wgsl
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;  // (W rows)
 
-fn xv(i: u32) -> f32 {
-    return x[i >> 2u][i & 3u];
-}
-
-fn xv4(i: u32) -> vec4<f32> {
-    return x[i];
-}
 
 // Lanes per row (16, 32 or 64, set per pipeline from the row's units): 256 / LANES rows per
 // workgroup.
