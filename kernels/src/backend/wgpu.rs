@@ -2,10 +2,12 @@
 //! WGSL, `wgpu/shaders/`), with the semantics of [`super::cpu::CpuBackend`].
 //!
 //! - `device.rs`: buffers (padded to 4 bytes; a matrix larger than one storage binding is split
-//!   into pieces of whole rows), the count of device memory, reads, writes, and submitting
-//!   dispatches (recorded into one pending encoder, submitted by `flush`, `read`,
-//!   `synchronize`, `write` and every 64 dispatches; parameters in a uniform ring).
-//! - `pipelines.rs`: the kernels, built on first use.
+//!   into pieces of whole rows), the count of device memory (every buffer: the backend itself
+//!   holds a parameter ring of 64 slots and an 8-byte status word, 4 KiB on lavapipe; a read's
+//!   staging buffer lives for the read), reads, writes, and submitting dispatches (recorded into
+//!   one pending encoder, submitted by `flush`, `read`, `synchronize`, `write` and every 48
+//!   dispatches).
+//! - `pipelines.rs`: the kernels, built on first use (lavapipe: tens of ms each).
 //! - `matmul.rs`: the weight products over raw GGUF blocks (F32, F16, BF16, Q4_0, Q4_1, Q5_0,
 //!   Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), read as u32 words with byte extraction, no repacking.
 //! - `ops.rs`: RMSNorm, RoPE, attention, elementwise, copy.
