@@ -8,8 +8,9 @@
 //!   one pending encoder, submitted by `flush`, `read`, `synchronize`, `write` and every 48
 //!   dispatches).
 //! - `pipelines.rs`: the kernels, built on first use.
-//! - `matmul.rs`: the weight products over raw GGUF blocks (F32, F16, BF16, Q4_0, Q4_1, Q5_0,
-//!   Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), read as u32 words with byte extraction, no repacking.
+//! - `matmul.rs`: the weight products over raw GGUF blocks (every format of [`DType::ALL`]:
+//!   F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K … Q6_K), read as u32 words with byte
+//!   extraction, no repacking.
 //! - `ops.rs`: RMSNorm, RoPE, attention, elementwise, copy.
 //!
 //! Errors found on the device (a row index out of range in `matvec_rows`/`axpy_rows`, a wgpu

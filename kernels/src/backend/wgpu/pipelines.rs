@@ -26,8 +26,8 @@ pub(super) enum Kernel {
     Copy,
 }
 
-/// The formats with a decoder in `formats/`.
-pub(super) const FORMATS: [DType; 11] = [
+/// The formats with a decoder in `formats/`: all of [`DType::ALL`].
+pub(super) const FORMATS: [DType; 13] = [
     DType::F32,
     DType::F16,
     DType::BF16,
@@ -36,13 +36,15 @@ pub(super) const FORMATS: [DType; 11] = [
     DType::Q5_0,
     DType::Q5_1,
     DType::Q8_0,
+    DType::Q2_K,
+    DType::Q3_K,
     DType::Q4_K,
     DType::Q5_K,
     DType::Q6_K,
 ];
 
-fn format_source(dtype: DType) -> Option<&'static str> {
-    Some(match dtype {
+fn format_source(dtype: DType) -> &'static str {
+    match dtype {
         DType::F32 => include_str!("shaders/formats/f32.wgsl"),
         DType::F16 => include_str!("shaders/formats/f16.wgsl"),
         DType::BF16 => include_str!("shaders/formats/bf16.wgsl"),
@@ -51,11 +53,12 @@ fn format_source(dtype: DType) -> Option<&'static str> {
         DType::Q5_0 => include_str!("shaders/formats/q5_0.wgsl"),
         DType::Q5_1 => include_str!("shaders/formats/q5_1.wgsl"),
         DType::Q8_0 => include_str!("shaders/formats/q8_0.wgsl"),
+        DType::Q2_K => include_str!("shaders/formats/q2_k.wgsl"),
+        DType::Q3_K => include_str!("shaders/formats/q3_k.wgsl"),
         DType::Q4_K => include_str!("shaders/formats/q4_k.wgsl"),
         DType::Q5_K => include_str!("shaders/formats/q5_k.wgsl"),
         DType::Q6_K => include_str!("shaders/formats/q6_k.wgsl"),
-        DType::Q2_K | DType::Q3_K => return None,
-    })
+    }
 }
 
 const COMMON: &str = include_str!("shaders/common.wgsl");
@@ -63,9 +66,9 @@ const X_VEC4: &str = include_str!("shaders/x_vec4.wgsl");
 const X_SCALAR: &str = include_str!("shaders/x_scalar.wgsl");
 
 impl Kernel {
-    /// The WGSL module, or `None` for a format without a decoder.
-    fn source(self) -> Option<String> {
-        let weights = |dtype: DType, kernel: &str| format_source(dtype).map(|f| format!("{COMMON}\n{f}\n{kernel}"));
+    /// The WGSL module.
+    fn source(self) -> String {
+        let weights = |dtype: DType, kernel: &str| format!("{COMMON}\n{}\n{kernel}", format_source(dtype));
         // The matvec kernels read x as vec4s where rows are whole blocks of 32.
         let x = |dtype: DType| if dtype.is_quantized() { X_VEC4 } else { X_SCALAR };
         match self {
@@ -73,11 +76,11 @@ impl Kernel {
             Kernel::MatvecRows(d, _) => weights(d, &format!("{}\n{}", x(d), include_str!("shaders/matvec_rows.wgsl"))),
             Kernel::Matmul(d) => weights(d, include_str!("shaders/matmul.wgsl")),
             Kernel::AxpyRows(d) => weights(d, include_str!("shaders/axpy_rows.wgsl")),
-            Kernel::RmsNorm => Some(include_str!("shaders/rms_norm.wgsl").into()),
-            Kernel::Rope => Some(include_str!("shaders/rope.wgsl").into()),
-            Kernel::Attention => Some(include_str!("shaders/attention.wgsl").into()),
-            Kernel::Elementwise => Some(include_str!("shaders/elementwise.wgsl").into()),
-            Kernel::Copy => Some(include_str!("shaders/copy.wgsl").into()),
+            Kernel::RmsNorm => include_str!("shaders/rms_norm.wgsl").into(),
+            Kernel::Rope => include_str!("shaders/rope.wgsl").into(),
+            Kernel::Attention => include_str!("shaders/attention.wgsl").into(),
+            Kernel::Elementwise => include_str!("shaders/elementwise.wgsl").into(),
+            Kernel::Copy => include_str!("shaders/copy.wgsl").into(),
         }
     }
 
@@ -123,7 +126,7 @@ impl Pipelines {
         if let Some(p) = built.get(&kernel) {
             return Ok(p.clone());
         }
-        let source = kernel.source().ok_or_else(|| device_err(op, format!("no kernel {kernel:?}")))?;
+        let source = kernel.source();
         device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&format!("{kernel:?}")),
