@@ -672,5 +672,20 @@ fn time_small_ops() {
             b.synchronize().unwrap();
         }
         println!("{name}: elementwise 1024 + synchronize: {:.3} ms", t.elapsed().as_secs_f64() * 1e3 / 50.0);
+        // Decode attention, SmolLM2's shape (9 heads on 3 KV heads of 64) over 2048 keys.
+        let s = AttnShape { n_heads: 9, n_kv_heads: 3, head_dim: 64, start: 2047 };
+        let mut rng = StdRng::seed_from_u64(1300);
+        let q = b.upload_f32(&random_vec(9 * 64, 1.0, &mut rng)).unwrap();
+        let k = b.upload_f32(&random_vec(2048 * 3 * 64, 1.0, &mut rng)).unwrap();
+        let v = b.upload_f32(&random_vec(2048 * 3 * 64, 1.0, &mut rng)).unwrap();
+        let o = b.alloc(9 * 64 * 4).unwrap();
+        b.attention(&s, 1, &q, &k, &v, &o).unwrap();
+        b.synchronize().unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..20 {
+            b.attention(&s, 1, &q, &k, &v, &o).unwrap();
+        }
+        b.synchronize().unwrap();
+        println!("{name}: decode attention 9/3 heads of 64 over 2048 keys: {:.3} ms", t.elapsed().as_secs_f64() * 1e3 / 20.0);
     }
 }

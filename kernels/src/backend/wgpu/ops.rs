@@ -9,7 +9,7 @@ use crate::{KernelError, Result};
 
 /// Threads per workgroup of the one-thread-per-element kernels.
 const GROUP: usize = 256;
-/// Largest head the attention kernel holds (4 dimensions per thread of 64).
+/// Largest head the attention kernel holds (4 dimensions per thread of a stream of 64).
 const MAX_HEAD_DIM: usize = 256;
 
 fn u32_of(op: &'static str, what: &str, n: usize) -> Result<u32> {
