@@ -47,6 +47,7 @@ impl Model {
             ctx: ctx.map(|v| whole(v, "ctx")).transpose()?,
             threads: threads.map(|v| whole(v, "threads")).transpose()?,
             sparsity: SparsityOptions { profile, sparsity, criterion: None },
+            ..Default::default()
         };
         let name = match &path {
             None => None,

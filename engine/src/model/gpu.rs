@@ -517,7 +517,9 @@ pub(crate) fn attach(model: &Model, req: &GpuRequest<'_>, notes: &mut Vec<String
     // Without --vram: what the device has free, less a tenth for the driver and other users;
     // a device that cannot tell gets room for the whole model.
     let vram = req.vram.or(memory.map(|(free, _)| free / 10 * 9)).unwrap_or(u64::MAX);
-    let budget = Budget { vram, ctx: req.ctx, sessions: 1 };
+    // The backend's own resident buffers (parameter rings, scratch) come out of the budget first.
+    let own = backend.allocated_bytes() as u64;
+    let budget = Budget { vram: vram.saturating_sub(own), ctx: req.ctx, sessions: 1 };
     let fp = Footprint::of(model, &budget);
     let placement = crate::placement::Placement::plan(&fp, req.frequency, &budget, req.offload)?;
     if placement.gpu_bytes == 0 {
