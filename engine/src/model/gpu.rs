@@ -416,17 +416,18 @@ impl Model {
         sp.cg.resize(sp.cold.len(), 0.0);
         if act == Activation::Relu {
             matvec_rows(&mut [RowsProduct { w: wg, out: &mut sp.cg }], &sp.cold, input)?;
-            let (mut keep, mut gates) = (Vec::new(), Vec::new());
-            for (&j, &gv) in sp.cold.iter().zip(&sp.cg) {
-                if gv > 0.0 {
-                    keep.push(j);
-                    gates.push(gv);
+            // Keep the neurons whose gate is positive, in place (decode allocates nothing).
+            let mut kept = 0;
+            for i in 0..sp.cold.len() {
+                if sp.cg[i] > 0.0 {
+                    (sp.cold[kept], sp.cg[kept]) = (sp.cold[i], sp.cg[i]);
+                    kept += 1;
                 }
             }
-            sp.cu.resize(keep.len(), 0.0);
-            matvec_rows(&mut [RowsProduct { w: wu, out: &mut sp.cu }], &keep, input)?;
-            sp.cold = keep;
-            sp.cg = gates;
+            sp.cold.truncate(kept);
+            sp.cg.truncate(kept);
+            sp.cu.resize(kept, 0.0);
+            matvec_rows(&mut [RowsProduct { w: wu, out: &mut sp.cu }], &sp.cold, input)?;
         } else {
             sp.cu.resize(sp.cold.len(), 0.0);
             matvec_rows(&mut [RowsProduct { w: wg, out: &mut sp.cg }, RowsProduct { w: wu, out: &mut sp.cu }], &sp.cold, input)?;

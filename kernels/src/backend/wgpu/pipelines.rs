@@ -27,21 +27,7 @@ pub(super) enum Kernel {
 }
 
 /// The formats with a decoder in `formats/`: all of [`DType::ALL`].
-pub(super) const FORMATS: [DType; 13] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q5_0,
-    DType::Q5_1,
-    DType::Q8_0,
-    DType::Q2_K,
-    DType::Q3_K,
-    DType::Q4_K,
-    DType::Q5_K,
-    DType::Q6_K,
-];
+pub(super) const FORMATS: [DType; 13] = DType::ALL;
 
 fn format_source(dtype: DType) -> &'static str {
     match dtype {
