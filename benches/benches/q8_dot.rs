@@ -7,6 +7,8 @@
 //! - `matvec_1536x576/<FORMAT>`: a whole 1536×576 matrix times one vector on one thread, the
 //!   `q8_*` entries including the one quantization of the vector: the most telling number.
 //!
+//! - `matvec_rows_<r>x<c>/<FORMAT>`: each many-rows kernel over a whole matrix (decode's path).
+//!
 //! Throughput is in weight elements per second. Run: `cargo bench -p ember-benches --bench q8_dot`.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -135,5 +137,34 @@ fn matvec(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, matvec, rows, quantize);
+/// The many-rows kernels (`RowKernels::legacy_q8_rows_variants`, what decode runs) over whole
+/// matrices at the models' shapes, one thread, the vector quantized once per product.
+fn matvec_rows(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(3);
+    for (rows, cols) in ROWS_SHAPES {
+        for dtype in LEGACY {
+            let w = random_rows(dtype, rows, cols, &mut rng);
+            let row_bytes = dtype.row_bytes(cols).expect("whole blocks");
+            let x = random_x(cols, &mut rng);
+            let mut out = vec![0f32; rows];
+            let mut acts = Q8Acts::default();
+            let mut group = c.benchmark_group(format!("matvec_rows_{rows}x{cols}/{dtype}"));
+            group.throughput(Throughput::Elements((rows * cols) as u64));
+            for (name, dot_rows) in RowKernels::legacy_q8_rows_variants(dtype) {
+                group.bench_function(name, |b| {
+                    b.iter(|| {
+                        quantize_q8(black_box(&x), &mut acts);
+                        dot_rows(&w, row_bytes, acts.as_ref(), &mut out);
+                    })
+                });
+            }
+            group.finish();
+        }
+    }
+}
+
+/// (rows, cols) of the many-rows benches: SmolLM2's up and down projections, Qwen2.5-0.5B's up.
+const ROWS_SHAPES: [(usize, usize); 3] = [(1536, 576), (576, 1536), (4864, 896)];
+
+criterion_group!(benches, matvec, matvec_rows, rows, quantize);
 criterion_main!(benches);

@@ -17,8 +17,8 @@
 //! `vcvtph2ps`. The Q4_0/Q5_0 offsets (`−8·S`, `−16·S`) are subtracted in the integer domain from
 //! the low lanes; the Q4_1/Q5_1 minimums go into a second, 4-lane accumulator.
 //!
-//! 512-bit versions (two blocks per `zmm`) are not written: the machine this was developed on
-//! exposes no AVX-512 to its guest, so they could be neither tested nor timed.
+//! The 512-bit many-rows kernels (two blocks per `zmm`, eight per step) are in
+//! `legacy_q8_zmm.rs`; they finish each row with this file's two- and one-block steps.
 
 use super::{whole_blocks, DType, DotQ8, DotQ8Gather, DotQ8Rows, Q8Ref, Q8_BLOCK};
 use std::arch::x86_64::*;
@@ -58,6 +58,7 @@ pub(super) fn best(dtype: DType) -> Option<DotQ8> {
 /// The many-rows kernel of the best level (see [`DotQ8Rows`]).
 pub(super) fn best_rows(dtype: DType) -> Option<DotQ8Rows> {
     match best_level()? {
+        Level::Avx512Vnni if zmm::detected() => zmm::rows(dtype),
         Level::Avx512Vnni => avx512vnni_rows(dtype),
         Level::AvxVnni => avxvnni_rows(dtype),
         Level::Avx2 => avx2_rows(dtype),
@@ -83,6 +84,9 @@ pub(super) fn rows_variants(dtype: DType) -> Vec<(&'static str, DotQ8Rows)> {
             Level::Avx2 => avx2_rows(dtype),
         };
         out.extend(k.map(|d| (level.name(), d)));
+    }
+    if zmm::detected() {
+        out.extend(zmm::rows(dtype).map(|d| ("avx512vnni_zmm", d)));
     }
     out
 }
@@ -730,3 +734,6 @@ unsafe fn step1<F: Format, M: Madd>(r: Blocks, b: usize) -> f32 {
         dot
     }
 }
+
+#[path = "legacy_q8_zmm.rs"]
+mod zmm;
