@@ -27,6 +27,8 @@ pub struct Unpacked {
     pub dv: Vec<f32>,
     /// (rows, cols / 16): per group, its offset.
     pub m: Vec<f32>,
+    /// (rows, cols / 16): per group, its scale (the lanes of `dv` once each).
+    pub ds: Vec<f32>,
 }
 
 /// Whether [`unpack_rows`] handles `dtype`.
@@ -49,13 +51,15 @@ pub fn unpack_rows(dtype: DType, bytes: &[u8], row_bytes: usize, cols: usize, ou
     out.q.resize(rows * cols, 0);
     out.dv.resize(rows * cols / Q8_BLOCK * 8, 0.0);
     out.m.resize(rows * cols / GROUP, 0.0);
+    out.ds.resize(rows * cols / GROUP, 0.0);
     if !ok {
         return false;
     }
     let bb = dtype.block_bytes();
     let per_block = dtype.block_len() / Q8_BLOCK; // chunks of 32 per format block
     let chunks = out.q.chunks_exact_mut(Q8_BLOCK).zip(out.dv.chunks_exact_mut(8)).zip(out.m.chunks_exact_mut(2));
-    let mut chunks = chunks.map(|((q, dv), m)| Chunk { q, dv, m });
+    let chunks = chunks.zip(out.ds.chunks_exact_mut(2));
+    let mut chunks = chunks.map(|(((q, dv), m), ds)| Chunk { q, dv, m, ds });
     for block in bytes.chunks_exact(bb) {
         for c in 0..per_block {
             let Some(mut ch) = chunks.next() else { return false };
@@ -79,6 +83,7 @@ struct Chunk<'a> {
     q: &'a mut [u8],  // (32)
     dv: &'a mut [f32], // (8)
     m: &'a mut [f32], // (2)
+    ds: &'a mut [f32], // (2)
 }
 
 impl Chunk<'_> {
@@ -86,6 +91,7 @@ impl Chunk<'_> {
         self.dv[..4].fill(d[0]);
         self.dv[4..].fill(d[1]);
         self.m.copy_from_slice(&m);
+        self.ds.copy_from_slice(&d);
     }
 }
 

@@ -1,10 +1,25 @@
-//! AVX2 dot of unpacked rows (see `unpacked.rs`) with 8-bit activations. Per block of 32:
-//! `vpmaddubsw` + `vpmaddwd` give 8 i32 lanes (lanes 0–3 the first group of 16, 4–7 the
-//! second), converted and multiplied by the block's lane scales `dv·d_a`; four accumulators
-//! break the dependency chain. The offsets `m_g·S_g·d_a` are a separate 8-lane FMA per four
-//! blocks.
+//! x86 dots of unpacked rows (see `unpacked.rs`) with 8-bit activations.
+//!
+//! AVX2, per block of 32: `vpmaddubsw` + `vpmaddwd` give 8 i32 lanes (lanes 0–3 the first group
+//! of 16, 4–7 the second), converted and multiplied by the block's lane scales `dv·d_a`; four
+//! accumulators break the dependency chain. The offsets `m_g·S_g·d_a` are a separate 8-lane FMA
+//! per four blocks.
+//!
+//! AVX512-VNNI, eight blocks per step and two rows at a time (sharing the activation loads):
+//! four 512-bit `vpdpbusd` and a transpose-add tree leave the 16 group sums of the step in one
+//! vector, in the group order [`GROUPS`]; one conversion, then one multiply and two FMAs with the
+//! group scales `ds`, offsets `m`, the activation scales and the group sums permuted to that
+//! order. The last blocks of a row (fewer than eight) take the AVX2 steps.
 
 use std::arch::x86_64::*;
+
+/// `[e(0), e(1), e(2), e(3)]`, written out: a closure would not inherit the kernel's
+/// `#[target_feature]`s, and LLVM would leave the intrinsics in it out of line.
+macro_rules! four {
+    (|$k:ident| $e:expr) => {
+        [{ let $k = 0usize; $e }, { let $k = 1usize; $e }, { let $k = 2usize; $e }, { let $k = 3usize; $e }]
+    };
+}
 
 use super::{whole_blocks, Unpacked};
 use crate::quant::q8::{Q8Ref, Q8_BLOCK};
@@ -14,6 +29,14 @@ pub(super) fn available() -> bool {
 }
 
 pub(super) fn dot_rows(u: &Unpacked, acts: Q8Ref<'_>, out: &mut [f32]) {
+    use std::sync::OnceLock;
+    static ZMM: OnceLock<bool> = OnceLock::new();
+    use std::arch::is_x86_feature_detected as has;
+    let zmm = *ZMM.get_or_init(|| has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni"));
+    if zmm {
+        // SAFETY: the features were just detected (and AVX2/FMA by the caller).
+        return unsafe { dot_rows_zmm(u, acts, out) };
+    }
     // SAFETY: `available` confirmed the features (checked by the caller).
     unsafe { dot_rows_avx2(u, acts, out) }
 }
@@ -35,12 +58,21 @@ unsafe fn dot_rows_avx2(u: &Unpacked, acts: Q8Ref<'_>, out: &mut [f32]) {
 /// AVX2 and FMA are present; `q`, `dv`, `m` and `acts` hold `nb` blocks.
 #[inline(always)]
 unsafe fn dot_row(q: &[u8], dv: &[f32], m: &[f32], acts: Q8Ref<'_>, nb: usize) -> f32 {
+    // SAFETY: forwarded to the caller.
+    unsafe { dot_row_from(q, dv, m, acts, 0, nb) }
+}
+
+/// The part of a row's dot over blocks `b..nb`.
+///
+/// # Safety
+/// As [`dot_row`].
+#[inline(always)]
+unsafe fn dot_row_from(q: &[u8], dv: &[f32], m: &[f32], acts: Q8Ref<'_>, mut b: usize, nb: usize) -> f32 {
     let (q, dv, m) = (q.as_ptr(), dv.as_ptr(), m.as_ptr());
     let (y, da, s16) = (acts.qs.as_ptr(), acts.d.as_ptr(), acts.sum16.as_ptr());
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut macc = _mm256_setzero_ps();
-    let mut b = 0;
     // SAFETY: every read is of blocks below `nb` (see the contract).
     unsafe {
         while b + 4 <= nb {
@@ -76,5 +108,74 @@ unsafe fn dot_row(q: &[u8], dv: &[f32], m: &[f32], acts: Q8Ref<'_>, nb: usize) -
         let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
         let h = _mm_add_ss(h, _mm_movehdup_ps(h));
         _mm_cvtss_f32(h) + tail
+    }
+}
+
+/// The order of a step's 16 group sums after [`tree16`]: lane `4L + k` holds group `4k + L`
+/// (group `g` = the half `g % 2` of block `g / 2` of the step).
+const GROUPS: [i32; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
+
+/// The block of each lane, in [`GROUPS`] order.
+const GROUP_BLOCKS: [i32; 16] = [0, 2, 4, 6, 0, 2, 4, 6, 1, 3, 5, 7, 1, 3, 5, 7];
+
+/// Folds four `vpdpbusd` results (`p[k]`: blocks `2k`, `2k + 1`; 4 lanes per group) into the 16
+/// group sums, in [`GROUPS`] order.
+#[inline(always)]
+unsafe fn tree16(p: [__m512i; 4]) -> __m512i {
+    let p01 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[0], p[1]), _mm512_unpackhi_epi32(p[0], p[1]));
+    let p23 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[2], p[3]), _mm512_unpackhi_epi32(p[2], p[3]));
+    _mm512_add_epi32(_mm512_unpacklo_epi64(p01, p23), _mm512_unpackhi_epi64(p01, p23))
+}
+
+/// Rows computed together by [`dot_rows_zmm`].
+const ZROWS: usize = 2;
+
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot_rows_zmm(u: &Unpacked, acts: Q8Ref<'_>, out: &mut [f32]) {
+    let nb = whole_blocks(u, acts);
+    let nblk = u.cols / Q8_BLOCK;
+    let n = out.len().min(u.rows);
+    let (y, da, s16) = (acts.qs.as_ptr(), acts.d.as_ptr(), acts.sum16.as_ptr());
+    let groups = _mm512_loadu_si512(GROUPS.as_ptr().cast());
+    let group_blocks = _mm512_loadu_si512(GROUP_BLOCKS.as_ptr().cast());
+    let steps = nb / 8;
+    for r0 in (0..n).step_by(ZROWS) {
+        // A last single row is computed twice.
+        let rows = [r0, (r0 + 1).min(n - 1)];
+        let q = rows.map(|r| u.q[r * u.cols..].as_ptr());
+        let ds = rows.map(|r| u.ds[r * nblk * 2..].as_ptr());
+        let m = rows.map(|r| u.m[r * nblk * 2..].as_ptr());
+        let mut acc = [_mm512_setzero_ps(); ZROWS];
+        // SAFETY: steps read blocks below `8·steps ≤ nb`, which the rows and `acts` hold.
+        unsafe {
+            for s in 0..steps {
+                let b = 8 * s;
+                let a = four!(|k| _mm512_loadu_si512(y.add(Q8_BLOCK * (b + 2 * k)).cast()));
+                let da16 = _mm512_permutexvar_ps(group_blocks, _mm512_castps256_ps512(_mm256_loadu_ps(da.add(b))));
+                let sums = _mm512_cvtepi16_epi32(_mm256_loadu_si256(s16.add(2 * b).cast()));
+                let sda = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_permutexvar_epi32(groups, sums)), da16);
+                for k in 0..ZROWS {
+                    let p = four!(|j| {
+                        let w = _mm512_loadu_si512(q[k].add(Q8_BLOCK * (b + 2 * j)).cast());
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a[j])
+                    });
+                    let t = _mm512_cvtepi32_ps(tree16(p));
+                    let dsk = _mm512_permutexvar_ps(groups, _mm512_loadu_ps(ds[k].add(2 * b)));
+                    let mk = _mm512_permutexvar_ps(groups, _mm512_loadu_ps(m[k].add(2 * b)));
+                    acc[k] = _mm512_fmadd_ps(t, _mm512_mul_ps(dsk, da16), acc[k]);
+                    acc[k] = _mm512_fmadd_ps(mk, sda, acc[k]);
+                }
+            }
+        }
+        for (k, &r) in rows.iter().enumerate() {
+            let qr = &u.q[r * u.cols..][..nb * Q8_BLOCK];
+            let dv = &u.dv[r * nblk * 8..][..nb * 8];
+            let mr = &u.m[r * nblk * 2..][..nb * 2];
+            // SAFETY: the slices hold `nb` blocks, and so do the activations.
+            let tail = unsafe { dot_row_from(qr, dv, mr, acts, 8 * steps, nb) };
+            if let Some(o) = out.get_mut(r).filter(|_| k == 0 || r != r0) {
+                *o = _mm512_reduce_add_ps(acc[k]) + tail;
+            }
+        }
     }
 }
