@@ -161,13 +161,29 @@ def ensure_peer(venv: Path, version: str) -> Path:
     if not py.exists():
         log(f"creating the virtual environment {venv}")
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    log(f"installing llama-cpp-python=={version} into {venv} (builds llama.cpp: several minutes)")
-    subprocess.run([str(py), "-m", "pip", "install", f"llama-cpp-python=={version}", "numpy"],
-                   check=True, stdout=sys.stderr)
+    env = dict(os.environ)
+    env.setdefault("CMAKE_ARGS", peer_cmake_args())
+    log(f"installing llama-cpp-python=={version} into {venv} (builds llama.cpp: several minutes), "
+        f"CMAKE_ARGS={env['CMAKE_ARGS']}")
+    subprocess.run([str(py), "-m", "pip", "install", "--no-cache-dir", f"llama-cpp-python=={version}", "numpy"],
+                   check=True, stdout=sys.stderr, env=env)
     got = peer_version(py)
     if got != version:
         sys.exit(f"compare: llama-cpp-python {version} is still not importable from {py} (got {got})")
     return py
+
+
+def peer_cmake_args() -> str:
+    """llama.cpp's build flags: this CPU's vector extensions named one by one instead of
+    GGML_NATIVE, and AMX off. Virtual machines may list AMX in /proc/cpuinfo without enabling its
+    tile state, and a native build then dies of SIGILL at its first `tilezero` (seen on a Xeon
+    guest). Set CMAKE_ARGS to override."""
+    flags = set(cpu_flags().split())
+    wanted = [("avx2", "AVX2"), ("fma", "FMA"), ("f16c", "F16C"), ("bmi2", "BMI2"), ("avx_vnni", "AVX_VNNI"),
+              ("avx512f", "AVX512"), ("avx512vbmi", "AVX512_VBMI"), ("avx512_vnni", "AVX512_VNNI"),
+              ("avx512_bf16", "AVX512_BF16")]
+    args = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON"] + [f"-DGGML_{name}=ON" for flag, name in wanted if flag in flags]
+    return " ".join(args + ["-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"])
 
 
 def build_ember() -> None:
@@ -236,7 +252,8 @@ def run_peer(py: Path, model: Path, p: int, n: int, threads: int, seed: int, voc
     cfg = {"model": str(model), "p": p, "n": n, "threads": threads, "seed": seed, "vocab": vocab}
     r = subprocess.run([str(py), "-c", PEER_WORKER, json.dumps(cfg)], capture_output=True, text=True)
     if r.returncode != 0:
-        sys.exit(f"compare: the llama.cpp worker failed on {model}:\n{r.stderr}")
+        hint = " (SIGILL: an instruction this CPU lacks; rebuild the peer, see peer_cmake_args)" if r.returncode in (-4, 132) else ""
+        sys.exit(f"compare: the llama.cpp worker failed on {model} with status {r.returncode}{hint}:\n{r.stderr}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -274,7 +291,8 @@ def cpu_flags() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in ["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"]
+                return " ".join(f for f in ["avx2", "fma", "f16c", "bmi2", "avx_vnni", "avx512f", "avx512bw",
+                                            "avx512vbmi", "avx512_vnni", "avx512_bf16", "amx_int8"]
                                 if f in flags)
     except OSError:
         pass
