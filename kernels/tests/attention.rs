@@ -39,7 +39,7 @@ fn attention_matches_naive_reference() {
     let mut rng = StdRng::seed_from_u64(7);
     for hd in [64, 128, 40] {
         for (n_heads, n_kv_heads) in [(4, 4), (9, 3), (14, 2)] {
-            for (start, n) in [(0, 1), (0, 5), (7, 1), (30, 3)] {
+            for (start, n) in [(0, 1), (0, 5), (7, 1), (30, 3), (601, 2)] {
                 let s = AttnShape { n_heads, n_kv_heads, head_dim: hd, start };
                 let mut r = |len: usize| (0..len).map(|_| rng.gen_range(-1.0f32..1.0)).collect::<Vec<_>>();
                 let q = r(n * n_heads * hd);

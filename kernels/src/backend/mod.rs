@@ -272,9 +272,26 @@ pub fn open(spec: DeviceSpec) -> Result<Option<Arc<dyn Backend>>> {
             if let Ok(b) = open_cuda(0) {
                 return Ok(Some(b));
             }
+            if !may_have_gpu() {
+                return Ok(None);
+            }
             Ok(open_wgpu(0, true).ok())
         }
     }
+}
+
+/// Whether a hardware GPU can be present for `auto` to find through wgpu. On Linux every GPU
+/// driver exposes a DRM render node (or NVIDIA's device files); without any, the probe could only
+/// find software adapters, which `auto` skips anyway, and it would load them for nothing (Mesa's
+/// lavapipe adds some 50 MiB to the resident memory of a CPU-only run).
+fn may_have_gpu() -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let nodes = |dir: &str, prefix: &str| {
+        std::fs::read_dir(dir).is_ok_and(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(prefix)))
+    };
+    nodes("/dev/dri", "renderD") || nodes("/dev", "nvidia")
 }
 
 #[cfg(feature = "cuda")]

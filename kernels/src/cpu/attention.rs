@@ -4,7 +4,9 @@
 //!
 //! The per-head body is written with 8-lane arrays and compiled twice: with AVX2 + FMA (chosen
 //! at run time once per call) and for the baseline target, so the dots over the keys and the
-//! weighted sum of the values run as 8-wide vector code without a call per key.
+//! weighted sum of the values run as 8-wide vector code without a call per key. Head sizes 64
+//! and 128 on x86-64 with AVX2 + FMA take `attention_x86.rs` instead: fused multiply-adds, eight
+//! keys' scores reduced together, and each head's output summed in registers.
 
 use rayon::prelude::*;
 
@@ -58,7 +60,11 @@ pub fn attention(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]
             // SAFETY: `has_avx2` confirmed AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                heads_avx2(&heads, hd, scores, o)
+                match hd {
+                    64 => x86::heads::<64>(&heads, scores, o),
+                    128 => x86::heads::<128>(&heads, scores, o),
+                    _ => heads_avx2(&heads, hd, scores, o),
+                }
             }
         } else {
             heads_body(&heads, hd, scores, o)
@@ -169,3 +175,7 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
     }
     acc.iter().sum::<f32>() + tail
 }
+
+#[cfg(target_arch = "x86_64")]
+#[path = "attention_x86.rs"]
+mod x86;
