@@ -99,3 +99,11 @@ fn other_formats_and_bad_sizes_are_refused() {
     assert!(!unpack_rows(DType::Q4_0, &[0; 18], 18, 33, &mut u), "columns not a block multiple");
     assert_eq!(u.rows, 0);
 }
+
+#[test]
+fn long_rows_agree() {
+    // Past 32 steps of 8 blocks (8192 columns), where the 512-bit kernel prepares the
+    // activations in more than one chunk, with a tail of blocks after the last step.
+    dots_agree(DType::Q4_0, 3, 8 * 33 + 3, 5);
+    dots_agree(DType::Q6_K, 2, 34, 6);
+}

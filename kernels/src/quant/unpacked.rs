@@ -27,9 +27,21 @@ pub struct Unpacked {
     pub dv: Vec<f32>,
     /// (rows, cols / 16): per group, its offset.
     pub m: Vec<f32>,
-    /// (rows, cols / 16): per group, its scale (the lanes of `dv` once each).
+    /// (rows, steps, 16), steps = ⌈cols / 256⌉: per step of 8 blocks of a row, the scales of its
+    /// 16 groups (the lanes of `dv` once each) in the order [`STEP_GROUPS`], zero past the row's
+    /// last group: the 512-bit kernel's layout.
     pub ds: Vec<f32>,
+    /// `m` in the layout of `ds`.
+    pub m_step: Vec<f32>,
 }
+
+/// Elements per step of [`Unpacked::ds`] and [`Unpacked::m_step`] (8 blocks).
+pub const STEP: usize = 8 * Q8_BLOCK;
+
+/// The order of the 16 groups of a step of 8 blocks in [`Unpacked::ds`] and
+/// [`Unpacked::m_step`]: position `4L + k` holds group `4k + L` (group `g` = the half `g % 2` of
+/// block `g / 2` of the step).
+pub const STEP_GROUPS: [usize; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
 
 /// Whether [`unpack_rows`] handles `dtype`.
 pub fn can_unpack(dtype: DType) -> bool {
@@ -51,15 +63,15 @@ pub fn unpack_rows(dtype: DType, bytes: &[u8], row_bytes: usize, cols: usize, ou
     out.q.resize(rows * cols, 0);
     out.dv.resize(rows * cols / Q8_BLOCK * 8, 0.0);
     out.m.resize(rows * cols / GROUP, 0.0);
-    out.ds.resize(rows * cols / GROUP, 0.0);
+    out.ds.resize(rows * cols.div_ceil(STEP) * 16, 0.0);
+    out.m_step.resize(rows * cols.div_ceil(STEP) * 16, 0.0);
     if !ok {
         return false;
     }
     let bb = dtype.block_bytes();
     let per_block = dtype.block_len() / Q8_BLOCK; // chunks of 32 per format block
     let chunks = out.q.chunks_exact_mut(Q8_BLOCK).zip(out.dv.chunks_exact_mut(8)).zip(out.m.chunks_exact_mut(2));
-    let chunks = chunks.zip(out.ds.chunks_exact_mut(2));
-    let mut chunks = chunks.map(|(((q, dv), m), ds)| Chunk { q, dv, m, ds });
+    let mut chunks = chunks.map(|((q, dv), m)| Chunk { q, dv, m });
     for block in bytes.chunks_exact(bb) {
         for c in 0..per_block {
             let Some(mut ch) = chunks.next() else { return false };
@@ -75,7 +87,27 @@ pub fn unpack_rows(dtype: DType, bytes: &[u8], row_bytes: usize, cols: usize, ou
             }
         }
     }
+    step_order(out);
     true
+}
+
+/// Fills `ds` and `m_step` from `dv` and `m` (see their layout).
+fn step_order(u: &mut Unpacked) {
+    let (groups, steps) = (u.cols / GROUP, u.cols.div_ceil(STEP));
+    for r in 0..u.rows {
+        for s in 0..steps {
+            let at = (r * steps + s) * 16;
+            for (i, &g) in STEP_GROUPS.iter().enumerate() {
+                let g = 16 * s + g;
+                let (d, m) = match g < groups {
+                    true => (u.dv[(r * groups + g) * 4], u.m[r * groups + g]),
+                    false => (0.0, 0.0),
+                };
+                u.ds[at + i] = d;
+                u.m_step[at + i] = m;
+            }
+        }
+    }
 }
 
 /// One chunk of 32 elements of the output.
@@ -83,7 +115,6 @@ struct Chunk<'a> {
     q: &'a mut [u8],  // (32)
     dv: &'a mut [f32], // (8)
     m: &'a mut [f32], // (2)
-    ds: &'a mut [f32], // (2)
 }
 
 impl Chunk<'_> {
@@ -91,7 +122,6 @@ impl Chunk<'_> {
         self.dv[..4].fill(d[0]);
         self.dv[4..].fill(d[1]);
         self.m.copy_from_slice(&m);
-        self.ds.copy_from_slice(&d);
     }
 }
 

@@ -7,9 +7,10 @@
 //!
 //! AVX512-VNNI, eight blocks per step and two rows at a time (sharing the activation loads):
 //! four 512-bit `vpdpbusd` and a transpose-add tree leave the 16 group sums of the step in one
-//! vector, in the group order [`GROUPS`]; one conversion, then one multiply and two FMAs with the
-//! group scales `ds`, offsets `m`, the activation scales and the group sums permuted to that
-//! order. The last blocks of a row (fewer than eight) take the AVX2 steps.
+//! vector, in the group order `STEP_GROUPS`; one conversion, then one multiply and two FMAs with
+//! the group scales `ds` and offsets `m_step` (stored in that order by the unpacking) and the
+//! activation scales and group sums (permuted to it once per call, for all rows). A row's last
+//! blocks (fewer than eight) are a step of masked loads.
 
 use std::arch::x86_64::*;
 
@@ -21,7 +22,7 @@ macro_rules! four {
     };
 }
 
-use super::{whole_blocks, Unpacked};
+use super::{whole_blocks, Unpacked, STEP};
 use crate::quant::q8::{Q8Ref, Q8_BLOCK};
 
 pub(super) fn available() -> bool {
@@ -111,15 +112,11 @@ unsafe fn dot_row_from(q: &[u8], dv: &[f32], m: &[f32], acts: Q8Ref<'_>, mut b: 
     }
 }
 
-/// The order of a step's 16 group sums after [`tree16`]: lane `4L + k` holds group `4k + L`
-/// (group `g` = the half `g % 2` of block `g / 2` of the step).
-const GROUPS: [i32; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15];
-
-/// The block of each lane, in [`GROUPS`] order.
+/// The block of each lane of a step's group sums, in the order `STEP_GROUPS`.
 const GROUP_BLOCKS: [i32; 16] = [0, 2, 4, 6, 0, 2, 4, 6, 1, 3, 5, 7, 1, 3, 5, 7];
 
 /// Folds four `vpdpbusd` results (`p[k]`: blocks `2k`, `2k + 1`; 4 lanes per group) into the 16
-/// group sums, in [`GROUPS`] order.
+/// group sums, in the order `STEP_GROUPS` (lane `4L + k` = the sum of `p[k]`'s 128-bit lane `L`).
 #[inline(always)]
 unsafe fn tree16(p: [__m512i; 4]) -> __m512i {
     let p01 = _mm512_add_epi32(_mm512_unpacklo_epi32(p[0], p[1]), _mm512_unpackhi_epi32(p[0], p[1]));
@@ -130,51 +127,78 @@ unsafe fn tree16(p: [__m512i; 4]) -> __m512i {
 /// Rows computed together by [`dot_rows_zmm`].
 const ZROWS: usize = 2;
 
+/// Steps whose activation vectors [`dot_rows_zmm`] prepares at once (8192 columns).
+const CHUNK_STEPS: usize = 32;
+
+/// Byte masks of the four 64-byte loads of a step holding `blocks` (< 8) blocks: whole loads,
+/// then a half one for an odd count.
+fn step_masks(blocks: usize) -> [u64; 4] {
+    std::array::from_fn(|k| match blocks.saturating_sub(2 * k) {
+        0 => 0,
+        1 => u32::MAX as u64,
+        _ => u64::MAX,
+    })
+}
+
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn dot_rows_zmm(u: &Unpacked, acts: Q8Ref<'_>, out: &mut [f32]) {
     let nb = whole_blocks(u, acts);
-    let nblk = u.cols / Q8_BLOCK;
+    let steps = nb.div_ceil(8);
+    let row_steps = u.cols.div_ceil(STEP);
     let n = out.len().min(u.rows);
     let (y, da, s16) = (acts.qs.as_ptr(), acts.d.as_ptr(), acts.sum16.as_ptr());
-    let groups = _mm512_loadu_si512(GROUPS.as_ptr().cast());
+    let group_perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15); // STEP_GROUPS
     let group_blocks = _mm512_loadu_si512(GROUP_BLOCKS.as_ptr().cast());
-    let steps = nb / 8;
-    for r0 in (0..n).step_by(ZROWS) {
-        // A last single row is computed twice.
-        let rows = [r0, (r0 + 1).min(n - 1)];
-        let q = rows.map(|r| u.q[r * u.cols..].as_ptr());
-        let ds = rows.map(|r| u.ds[r * nblk * 2..].as_ptr());
-        let m = rows.map(|r| u.m[r * nblk * 2..].as_ptr());
-        let mut acc = [_mm512_setzero_ps(); ZROWS];
-        // SAFETY: steps read blocks below `8·steps ≤ nb`, which the rows and `acts` hold.
-        unsafe {
-            for s in 0..steps {
-                let b = 8 * s;
-                let a = four!(|k| _mm512_loadu_si512(y.add(Q8_BLOCK * (b + 2 * k)).cast()));
-                let da16 = _mm512_permutexvar_ps(group_blocks, _mm512_castps256_ps512(_mm256_loadu_ps(da.add(b))));
-                let sums = _mm512_cvtepi16_epi32(_mm256_loadu_si256(s16.add(2 * b).cast()));
-                let sda = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_permutexvar_epi32(groups, sums)), da16);
-                for k in 0..ZROWS {
-                    let p = four!(|j| {
-                        let w = _mm512_loadu_si512(q[k].add(Q8_BLOCK * (b + 2 * j)).cast());
-                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a[j])
-                    });
-                    let t = _mm512_cvtepi32_ps(tree16(p));
-                    let dsk = _mm512_permutexvar_ps(groups, _mm512_loadu_ps(ds[k].add(2 * b)));
-                    let mk = _mm512_permutexvar_ps(groups, _mm512_loadu_ps(m[k].add(2 * b)));
-                    acc[k] = _mm512_fmadd_ps(t, _mm512_mul_ps(dsk, da16), acc[k]);
-                    acc[k] = _mm512_fmadd_ps(mk, sda, acc[k]);
-                }
+    out[..n].fill(0.0);
+    // Per step of the chunk, shared by every row: the loads' byte masks (all ones but in a last
+    // partial step), the activation scale of each group and `d_a·S_g`, in the order of the
+    // group sums (zero past the last block).
+    let mut masks = [[u64::MAX; 4]; CHUNK_STEPS];
+    let mut da16 = [_mm512_setzero_ps(); CHUNK_STEPS];
+    let mut sda = [_mm512_setzero_ps(); CHUNK_STEPS];
+    for s0 in (0..steps).step_by(CHUNK_STEPS) {
+        let s1 = (s0 + CHUNK_STEPS).min(steps);
+        for s in s0..s1 {
+            let (b, blocks) = (8 * s, (nb - 8 * s).min(8));
+            masks[s - s0] = step_masks(blocks);
+            let (m_blocks, m_groups) = ((1u32 << blocks) - 1, ((1u32 << (2 * blocks)) - 1) as u16);
+            // SAFETY: the masked loads read blocks below `nb` only.
+            unsafe {
+                let d = _mm256_maskz_loadu_ps(m_blocks as u8, da.add(b));
+                let d = _mm512_permutexvar_ps(group_blocks, _mm512_castps256_ps512(d));
+                let sums = _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(m_groups, s16.add(2 * b).cast()));
+                da16[s - s0] = d;
+                sda[s - s0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_permutexvar_epi32(group_perm, sums)), d);
             }
         }
-        for (k, &r) in rows.iter().enumerate() {
-            let qr = &u.q[r * u.cols..][..nb * Q8_BLOCK];
-            let dv = &u.dv[r * nblk * 8..][..nb * 8];
-            let mr = &u.m[r * nblk * 2..][..nb * 2];
-            // SAFETY: the slices hold `nb` blocks, and so do the activations.
-            let tail = unsafe { dot_row_from(qr, dv, mr, acts, 8 * steps, nb) };
-            if let Some(o) = out.get_mut(r).filter(|_| k == 0 || r != r0) {
-                *o = _mm512_reduce_add_ps(acc[k]) + tail;
+        for r0 in (0..n).step_by(ZROWS) {
+            // A last single row is computed twice and stored once.
+            let rows = [r0, (r0 + 1).min(n - 1)];
+            let q = rows.map(|r| u.q[r * u.cols..].as_ptr());
+            let ds = rows.map(|r| u.ds[r * row_steps * 16..].as_ptr());
+            let m = rows.map(|r| u.m_step[r * row_steps * 16..].as_ptr());
+            let mut acc = [_mm512_setzero_ps(); ZROWS];
+            // SAFETY: the loads of a step are masked to its blocks below `nb`, which the rows and
+            // `acts` hold; `ds` and `m_step` hold `row_steps ≥ steps` steps per row.
+            unsafe {
+                for s in s0..s1 {
+                    let (b, mask) = (8 * s, &masks[s - s0]);
+                    let a = four!(|k| _mm512_maskz_loadu_epi8(mask[k], y.add(Q8_BLOCK * (b + 2 * k)).cast()));
+                    for k in 0..ZROWS {
+                        let p = four!(|j| {
+                            let w = _mm512_maskz_loadu_epi8(mask[j], q[k].add(Q8_BLOCK * (b + 2 * j)).cast());
+                            _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a[j])
+                        });
+                        let t = _mm512_cvtepi32_ps(tree16(p));
+                        let scale = _mm512_mul_ps(_mm512_loadu_ps(ds[k].add(16 * s)), da16[s - s0]);
+                        acc[k] = _mm512_fmadd_ps(t, scale, acc[k]);
+                        acc[k] = _mm512_fmadd_ps(_mm512_loadu_ps(m[k].add(16 * s)), sda[s - s0], acc[k]);
+                    }
+                }
+            }
+            out[r0] += _mm512_reduce_add_ps(acc[0]);
+            if rows[1] != r0 {
+                out[rows[1]] += _mm512_reduce_add_ps(acc[1]);
             }
         }
     }
