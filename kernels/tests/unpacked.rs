@@ -6,7 +6,7 @@
 mod rows;
 
 use ember_kernels::quant::q8::{quantize_q8, Q8Acts};
-use ember_kernels::quant::unpacked::{can_unpack, dot_rows, dot_rows_portable, unpack_rows, Unpacked};
+use ember_kernels::quant::unpacked::{can_unpack, dot_rows, dot_rows2, dot_rows_portable, unpack_rows, Unpacked};
 use ember_kernels::quant::{DType, RowKernels};
 use ember_kernels::reference::dequantize_ref;
 use proptest::prelude::*;
@@ -70,6 +70,20 @@ fn dots_agree(dtype: DType, rows: usize, blocks: usize, seed: u64) {
         }
     }
     assert!(simd[rows].is_nan() && portable[rows].is_nan(), "{dtype}: wrote past the rows");
+
+    // Two tokens at once: each the same as alone (the same operations in the same order).
+    let x2 = rows::random_x(cols, &mut StdRng::seed_from_u64(seed ^ 2));
+    let mut acts2 = Q8Acts::default();
+    quantize_q8(&x2, &mut acts2);
+    let mut alone2 = vec![f32::NAN; rows + 1];
+    dot_rows(&u, acts2.as_ref(), &mut alone2);
+    let (mut pair0, mut pair1) = (vec![f32::NAN; rows + 1], vec![f32::NAN; rows + 1]);
+    dot_rows2(&u, [acts.as_ref(), acts2.as_ref()], [&mut pair0, &mut pair1]);
+    for r in 0..rows {
+        assert_eq!(pair0[r].to_bits(), simd[r].to_bits(), "{dtype} two tokens, row {r}, first token (seed {seed})");
+        assert_eq!(pair1[r].to_bits(), alone2[r].to_bits(), "{dtype} two tokens, row {r}, second token (seed {seed})");
+    }
+    assert!(pair0[rows].is_nan() && pair1[rows].is_nan(), "{dtype}: two tokens wrote past the rows");
 }
 
 proptest! {

@@ -163,10 +163,13 @@ unsafe fn run_task_unpacked(task: &Task<'_>, q8: &Q8Acts, n: usize, dot: DotQ8, 
             unsafe { run_task_q8(&sub, q8, n, dot) };
             continue;
         }
-        for t in 0..n {
-            // SAFETY: rows r0..r1 of token t belong to this task (see `run_task`).
-            let out_t = unsafe { std::slice::from_raw_parts_mut(task.out.0.add(t * w.rows + r0), r1 - r0) };
-            unpacked::dot_rows(unpacked, q8.row(t, w.cols), out_t);
+        // SAFETY: rows r0..r1 of token t belong to this task (see `run_task`).
+        let out_t = |t: usize| unsafe { std::slice::from_raw_parts_mut(task.out.0.add(t * w.rows + r0), r1 - r0) };
+        for t in (0..n).step_by(2) {
+            match t + 1 < n {
+                true => unpacked::dot_rows2(unpacked, [q8.row(t, w.cols), q8.row(t + 1, w.cols)], [out_t(t), out_t(t + 1)]),
+                false => unpacked::dot_rows(unpacked, q8.row(t, w.cols), out_t(t)),
+            }
         }
     }
 }

@@ -210,6 +210,18 @@ pub fn dot_rows(u: &Unpacked, acts: Q8Ref<'_>, out: &mut [f32]) {
     dot_rows_portable(u, acts, out)
 }
 
+/// [`dot_rows`] for two tokens' activations at once (`out[t]` for `acts[t]`): the 512-bit
+/// kernel shares each weight load between them.
+pub fn dot_rows2(u: &Unpacked, acts: [Q8Ref<'_>; 2], out: [&mut [f32]; 2]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        return x86::dot_rows2(u, acts, out);
+    }
+    let [o0, o1] = out;
+    dot_rows_portable(u, acts[0], o0);
+    dot_rows_portable(u, acts[1], o1);
+}
+
 /// Blocks of 32 that row data and `acts` both hold.
 #[inline(always)]
 fn whole_blocks(u: &Unpacked, acts: Q8Ref<'_>) -> usize {

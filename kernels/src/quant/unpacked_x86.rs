@@ -13,6 +13,7 @@
 //! blocks (fewer than eight) are a step of masked loads.
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 /// `[e(0), e(1), e(2), e(3)]`, written out: a closure would not inherit the kernel's
 /// `#[target_feature]`s, and LLVM would leave the intrinsics in it out of line.
@@ -30,16 +31,31 @@ pub(super) fn available() -> bool {
 }
 
 pub(super) fn dot_rows(u: &Unpacked, acts: Q8Ref<'_>, out: &mut [f32]) {
-    use std::sync::OnceLock;
-    static ZMM: OnceLock<bool> = OnceLock::new();
-    use std::arch::is_x86_feature_detected as has;
-    let zmm = *ZMM.get_or_init(|| has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni"));
-    if zmm {
+    if zmm_detected() {
         // SAFETY: the features were just detected (and AVX2/FMA by the caller).
-        return unsafe { dot_rows_zmm(u, acts, out) };
+        return unsafe { dot_rows_zmm::<1>(u, [acts], [out]) };
     }
     // SAFETY: `available` confirmed the features (checked by the caller).
     unsafe { dot_rows_avx2(u, acts, out) }
+}
+
+/// [`dot_rows`] for two tokens; the 512-bit kernel shares each weight load between them.
+pub(super) fn dot_rows2(u: &Unpacked, acts: [Q8Ref<'_>; 2], out: [&mut [f32]; 2]) {
+    if zmm_detected() {
+        // SAFETY: the features were just detected (and AVX2/FMA by the caller).
+        return unsafe { dot_rows_zmm::<2>(u, acts, out) };
+    }
+    let [o0, o1] = out;
+    dot_rows(u, acts[0], o0);
+    dot_rows(u, acts[1], o1);
+}
+
+/// AVX512-F/BW/VL and AVX512-VNNI, detected once.
+fn zmm_detected() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    use std::sync::OnceLock;
+    static ZMM: OnceLock<bool> = OnceLock::new();
+    *ZMM.get_or_init(|| has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni"))
 }
 
 #[target_feature(enable = "avx2,fma")]
@@ -140,35 +156,47 @@ fn step_masks(blocks: usize) -> [u64; 4] {
     })
 }
 
+/// `out[t][r]` = row `r`'s dot with `acts[t]`, for `T` tokens (1 or 2: the tokens share each
+/// weight load, and two keep every operand in registers).
+///
+/// # Safety
+/// AVX2, FMA, AVX512-F/BW/VL and AVX512-VNNI are present.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_rows_zmm(u: &Unpacked, acts: Q8Ref<'_>, out: &mut [f32]) {
-    let nb = whole_blocks(u, acts);
+unsafe fn dot_rows_zmm<const T: usize>(u: &Unpacked, acts: [Q8Ref<'_>; T], out: [&mut [f32]; T]) {
+    let nb = acts.iter().map(|a| whole_blocks(u, *a)).min().unwrap_or(0);
     let steps = nb.div_ceil(8);
     let row_steps = u.cols.div_ceil(STEP);
-    let n = out.len().min(u.rows);
-    let (y, da, s16) = (acts.qs.as_ptr(), acts.d.as_ptr(), acts.sum16.as_ptr());
+    let n = out.iter().map(|o| o.len()).min().unwrap_or(0).min(u.rows);
     let group_perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15); // STEP_GROUPS
     let group_blocks = _mm512_loadu_si512(GROUP_BLOCKS.as_ptr().cast());
-    out[..n].fill(0.0);
+    let mut out = out;
+    for o in out.iter_mut() {
+        o[..n].fill(0.0);
+    }
     // Per step of the chunk, shared by every row: the loads' byte masks (all ones but in a last
-    // partial step), the activation scale of each group and `d_a·S_g`, in the order of the
-    // group sums (zero past the last block).
-    let mut masks = [[u64::MAX; 4]; CHUNK_STEPS];
-    let mut da16 = [_mm512_setzero_ps(); CHUNK_STEPS];
-    let mut sda = [_mm512_setzero_ps(); CHUNK_STEPS];
+    // partial step) and, per token, the activation scale of each group and `d_a·S_g`, in the
+    // order of the group sums (zero past the last block).
+    // Left uninitialized (zeroing them cost more than the products of a small tile); every entry
+    // read is written first, in the chunk's own loop below.
+    let mut masks = [MaybeUninit::<[u64; 4]>::uninit(); CHUNK_STEPS];
+    let mut da16 = [[MaybeUninit::<__m512>::uninit(); CHUNK_STEPS]; T];
+    let mut sda = [[MaybeUninit::<__m512>::uninit(); CHUNK_STEPS]; T];
     for s0 in (0..steps).step_by(CHUNK_STEPS) {
         let s1 = (s0 + CHUNK_STEPS).min(steps);
         for s in s0..s1 {
             let (b, blocks) = (8 * s, (nb - 8 * s).min(8));
-            masks[s - s0] = step_masks(blocks);
+            masks[s - s0].write(step_masks(blocks));
             let (m_blocks, m_groups) = ((1u32 << blocks) - 1, ((1u32 << (2 * blocks)) - 1) as u16);
-            // SAFETY: the masked loads read blocks below `nb` only.
-            unsafe {
-                let d = _mm256_maskz_loadu_ps(m_blocks as u8, da.add(b));
-                let d = _mm512_permutexvar_ps(group_blocks, _mm512_castps256_ps512(d));
-                let sums = _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(m_groups, s16.add(2 * b).cast()));
-                da16[s - s0] = d;
-                sda[s - s0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_permutexvar_epi32(group_perm, sums)), d);
+            for t in 0..T {
+                // SAFETY: the masked loads read blocks below `nb` only.
+                unsafe {
+                    let d = _mm256_maskz_loadu_ps(m_blocks as u8, acts[t].d.as_ptr().add(b));
+                    let d = _mm512_permutexvar_ps(group_blocks, _mm512_castps256_ps512(d));
+                    let s16 = _mm256_maskz_loadu_epi16(m_groups, acts[t].sum16.as_ptr().add(2 * b));
+                    let sums = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(group_perm, _mm512_cvtepi16_epi32(s16)));
+                    da16[t][s - s0].write(d);
+                    sda[t][s - s0].write(_mm512_mul_ps(sums, d));
+                }
             }
         }
         for r0 in (0..n).step_by(ZROWS) {
@@ -177,28 +205,37 @@ unsafe fn dot_rows_zmm(u: &Unpacked, acts: Q8Ref<'_>, out: &mut [f32]) {
             let q = rows.map(|r| u.q[r * u.cols..].as_ptr());
             let ds = rows.map(|r| u.ds[r * row_steps * 16..].as_ptr());
             let m = rows.map(|r| u.m_step[r * row_steps * 16..].as_ptr());
-            let mut acc = [_mm512_setzero_ps(); ZROWS];
+            let mut acc = [[_mm512_setzero_ps(); ZROWS]; T];
             // SAFETY: the loads of a step are masked to its blocks below `nb`, which the rows and
             // `acts` hold; `ds` and `m_step` hold `row_steps ≥ steps` steps per row.
             unsafe {
                 for s in s0..s1 {
-                    let (b, mask) = (8 * s, &masks[s - s0]);
-                    let a = four!(|k| _mm512_maskz_loadu_epi8(mask[k], y.add(Q8_BLOCK * (b + 2 * k)).cast()));
+                    let (b, i) = (8 * s, s - s0);
+                    // SAFETY: entries `0..s1 - s0` were written above for this chunk.
+                    let mask = masks[i].assume_init_ref();
+                    let mut a = [[_mm512_setzero_si512(); 4]; T];
+                    for t in 0..T {
+                        let y = acts[t].qs.as_ptr();
+                        a[t] = four!(|k| _mm512_maskz_loadu_epi8(mask[k], y.add(Q8_BLOCK * (b + 2 * k)).cast()));
+                    }
                     for k in 0..ZROWS {
-                        let p = four!(|j| {
-                            let w = _mm512_maskz_loadu_epi8(mask[j], q[k].add(Q8_BLOCK * (b + 2 * j)).cast());
-                            _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, a[j])
-                        });
-                        let t = _mm512_cvtepi32_ps(tree16(p));
-                        let scale = _mm512_mul_ps(_mm512_loadu_ps(ds[k].add(16 * s)), da16[s - s0]);
-                        acc[k] = _mm512_fmadd_ps(t, scale, acc[k]);
-                        acc[k] = _mm512_fmadd_ps(_mm512_loadu_ps(m[k].add(16 * s)), sda[s - s0], acc[k]);
+                        let w = four!(|j| _mm512_maskz_loadu_epi8(mask[j], q[k].add(Q8_BLOCK * (b + 2 * j)).cast()));
+                        let (dsk, mk) = (_mm512_loadu_ps(ds[k].add(16 * s)), _mm512_loadu_ps(m[k].add(16 * s)));
+                        for t in 0..T {
+                            let p = four!(|j| _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[j], a[t][j]));
+                            let sums = _mm512_cvtepi32_ps(tree16(p));
+                            let (d, sd) = (da16[t][i].assume_init(), sda[t][i].assume_init());
+                            acc[t][k] = _mm512_fmadd_ps(sums, _mm512_mul_ps(dsk, d), acc[t][k]);
+                            acc[t][k] = _mm512_fmadd_ps(mk, sd, acc[t][k]);
+                        }
                     }
                 }
             }
-            out[r0] += _mm512_reduce_add_ps(acc[0]);
-            if rows[1] != r0 {
-                out[rows[1]] += _mm512_reduce_add_ps(acc[1]);
+            for t in 0..T {
+                out[t][r0] += _mm512_reduce_add_ps(acc[t][0]);
+                if rows[1] != r0 {
+                    out[t][rows[1]] += _mm512_reduce_add_ps(acc[t][1]);
+                }
             }
         }
     }
