@@ -16,8 +16,9 @@
 //!
 //! Variants: [`portable`] (plain Rust, any target) and, on x86-64, `avx2` (`vpmaddubsw` +
 //! `vpmaddwd`), `avx512vnni` (`vpdpbusd` on 256-bit vectors, AVX512-VNNI + AVX512-VL) and
-//! `avxvnni` (the VEX `vpdpbusd`), in `legacy_q8_x86.rs`. [`best`] picks the fastest this CPU
-//! supports, detected once.
+//! `avxvnni` (the VEX `vpdpbusd`), in `legacy_q8_x86.rs`; the many-rows kernels also have a
+//! 512-bit `avx512vnni_zmm` (two blocks per `zmm`, `legacy_q8_zmm.rs`). [`best`] picks the
+//! fastest this CPU supports, detected once.
 //!
 //! Like the f32 row kernels, the dots never panic and never read out of bounds: they stop at the
 //! last block that both `row` and every slice of `acts` hold in full.
