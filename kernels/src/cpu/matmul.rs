@@ -87,7 +87,7 @@ pub fn matmul_group(products: &mut [Product<'_>], input: Input<'_>) -> Result<()
 }
 
 /// Bytes of weight rows one tile of a many-token product holds (a part of L1).
-const TILE_BYTES: usize = 16 * 1024;
+const TILE_BYTES: usize = 32 * 1024;
 
 /// Tokens from which a product unpacks each tile of 4/5/6-bit rows once (see
 /// `quant::unpacked`) instead of unpacking every row's bits again for every token.
