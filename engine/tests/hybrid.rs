@@ -25,11 +25,13 @@ use ember_kernels::DType;
 
 /// The GPU part reads each hot neuron's `down` column requantized to Q8_0 and the CPU part
 /// quantizes an `h` whose hot entries are zero, so the float rounding differs from the CPU-only
-/// engine's; on this model such differences grow through the 30 layers to about half a unit
-/// (0.38–0.66 measured at budgets of 2–50%, about the 0.89 that decode and prefill already
-/// differ by: `golden.rs` BATCH_TOL). A wrong hot/cold split, a lost partial output or a stale
-/// KV row moves logits by several units.
-const LOGIT_TOL: f32 = 1.25;
+/// engine's, and prompts go through the device in chunks of 32; on this model such differences
+/// grow through the 30 layers to about a unit (0.38–0.66 measured at budgets of 2–50% with the
+/// 256-bit kernels; 0.96–1.30 at 25–100% once the 512-bit ones changed the float order, with
+/// perplexity equal to 4 decimals), about the 0.89 that decode and prefill already differ by
+/// (`golden.rs` BATCH_TOL). A wrong hot/cold split, a lost partial output or a stale KV row
+/// moves logits by several units.
+const LOGIT_TOL: f32 = 1.6;
 /// On the synthetic model (4 layers, no such amplification) the hybrid differs from the CPU-only
 /// engine only by the Q8_0 copy of the hot neurons' `down` columns and the float order.
 const SYNTH_TOL: f32 = 0.03;

@@ -24,7 +24,10 @@ const ZERO_FRACTION_TOL: f32 = 0.06;
 const SKEWED_MAX_NEURONS_FOR_80PCT: f32 = 0.5;
 /// The active set is a low-rank function of x by construction: the predictors must find it.
 const MIN_RECALL: f32 = 0.95;
-const MAX_PREDICTED_OVER_ACTIVE: f32 = 2.5;
+/// At recall 0.99 a predictor names a few times the active neurons (up to 2.504× on one layer
+/// once the 512-bit kernels changed the activations' float order); one that learned nothing
+/// names nearly all of them (10× here).
+const MAX_PREDICTED_OVER_ACTIVE: f32 = 3.0;
 /// Sparse decode on ReLU zeros skips only neurons whose h is exactly 0; the logits differ from
 /// dense only by the 8-bit per-neuron copy of `down` (measured max 0.004 on logits of spread ~1).
 const EXACT_SPARSE_TOL: f32 = 0.03;
