@@ -86,7 +86,8 @@ pub fn matmul_group(products: &mut [Product<'_>], input: Input<'_>) -> Result<()
     Ok(())
 }
 
-/// Bytes of weight rows one tile of a many-token product holds (a part of L1).
+/// Bytes of weight rows one tile of a many-token product holds (L1-sized: 32 KiB measured about 5%
+/// faster than 16 KiB on Qwen2.5-0.5B's prefill with the 512-bit kernels).
 const TILE_BYTES: usize = 32 * 1024;
 
 /// Tokens from which a product unpacks each tile of 4/5/6-bit rows once (see
