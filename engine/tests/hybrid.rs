@@ -27,11 +27,13 @@ use ember_kernels::DType;
 /// quantizes an `h` whose hot entries are zero, so the float rounding differs from the CPU-only
 /// engine's, and prompts go through the device in chunks of 32; on this model such differences
 /// grow through the 30 layers to about a unit (0.38–0.66 measured at budgets of 2–50% with the
-/// 256-bit kernels; 0.96–1.30 at 25–100% once the 512-bit ones changed the float order, with
-/// perplexity equal to 4 decimals), about the 0.89 that decode and prefill already differ by
-/// (`golden.rs` BATCH_TOL). A wrong hot/cold split, a lost partial output or a stale KV row
-/// moves logits by several units.
-const LOGIT_TOL: f32 = 1.6;
+/// 256-bit kernels; 0.96–1.30 at 25–100% once the 512-bit ones changed the float order, and
+/// 1.28–1.44 with a vectorised `exp` in the softmax, every time with perplexity equal to 4
+/// decimals: the figure moves with any change of float order, by chaotic amplification), about
+/// the 0.89 that decode and prefill already differ by (`golden.rs` BATCH_TOL). A wrong hot/cold
+/// split, a lost partial output or a stale KV row moves logits by several units, and the
+/// perplexity check below catches smaller systematic errors.
+const LOGIT_TOL: f32 = 2.0;
 /// On the synthetic model (4 layers, no such amplification) the hybrid differs from the CPU-only
 /// engine only by the Q8_0 copy of the hot neurons' `down` columns and the float order.
 const SYNTH_TOL: f32 = 0.03;
