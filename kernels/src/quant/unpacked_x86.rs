@@ -75,21 +75,12 @@ unsafe fn dot_rows_avx2(u: &Unpacked, acts: Q8Ref<'_>, out: &mut [f32]) {
 /// AVX2 and FMA are present; `q`, `dv`, `m` and `acts` hold `nb` blocks.
 #[inline(always)]
 unsafe fn dot_row(q: &[u8], dv: &[f32], m: &[f32], acts: Q8Ref<'_>, nb: usize) -> f32 {
-    // SAFETY: forwarded to the caller.
-    unsafe { dot_row_from(q, dv, m, acts, 0, nb) }
-}
-
-/// The part of a row's dot over blocks `b..nb`.
-///
-/// # Safety
-/// As [`dot_row`].
-#[inline(always)]
-unsafe fn dot_row_from(q: &[u8], dv: &[f32], m: &[f32], acts: Q8Ref<'_>, mut b: usize, nb: usize) -> f32 {
     let (q, dv, m) = (q.as_ptr(), dv.as_ptr(), m.as_ptr());
     let (y, da, s16) = (acts.qs.as_ptr(), acts.d.as_ptr(), acts.sum16.as_ptr());
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut macc = _mm256_setzero_ps();
+    let mut b = 0;
     // SAFETY: every read is of blocks below `nb` (see the contract).
     unsafe {
         while b + 4 <= nb {
