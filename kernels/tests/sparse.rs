@@ -12,7 +12,7 @@
 #[path = "common/rows.rs"]
 mod rows;
 
-use ember_kernels::cpu::sparse::{axpy_rows, matvec_rows, AxpyScratch, ColumnMajor, RowsProduct};
+use ember_kernels::cpu::sparse::{axpy_rows, axpy_rows_with, matvec_rows, AxpyKernel, AxpyScratch, ColumnMajor, RowsProduct};
 use ember_kernels::cpu::{needs_q8, Input};
 use ember_kernels::quant::q8::{quantize_q8, Q8Acts};
 use ember_kernels::quant::DType;
@@ -79,11 +79,12 @@ fn axpy_rows_matches_reference_for_every_format() {
         let m = ColumnMajor::from_mat(MatRef::new(dtype, outputs, inputs, &data).unwrap()).unwrap();
         let mut rng = StdRng::seed_from_u64(k as u64);
         let mut scratch = AxpyScratch::default();
-        for fraction in [0.0, 0.01, 0.3, 1.0] {
+        let cases = [0.0, 0.01, 0.3, 1.0].into_iter().flat_map(|f| AxpyKernel::detected().into_iter().map(move |k| (f, k)));
+        for (fraction, kernel) in cases {
             let idx = subset(inputs, fraction, &mut rng);
             let coef = rows::random_x(idx.len(), &mut rng);
             let mut out = vec![f32::NAN; outputs];
-            axpy_rows(&m, &idx, &coef, &mut out, &mut scratch).unwrap();
+            axpy_rows_with(kernel, &m, &idx, &coef, &mut out, &mut scratch).unwrap();
             for (o, got) in out.iter().enumerate() {
                 let terms = idx.iter().zip(&coef).map(|(&j, &c)| (c as f64, w[o * inputs + j as usize] as f64));
                 let want: f64 = terms.clone().map(|(c, v)| c * v).sum();
@@ -100,7 +101,7 @@ fn axpy_rows_matches_reference_for_every_format() {
                     .sum::<f64>()
                     + FLOAT_ORDER_TOL * terms.map(|(c, v)| (c * v).abs()).sum::<f64>();
                 let got = *got as f64;
-                assert!((got - want).abs() <= tol + 1e-6, "{dtype} output {o}, {} rows: got {got}, reference {want}, tol {tol:e}", idx.len());
+                assert!((got - want).abs() <= tol + 1e-6, "{dtype} {kernel:?} output {o}, {} rows: got {got}, reference {want}, tol {tol:e}", idx.len());
             }
         }
     }
@@ -168,29 +169,31 @@ fn shape_mismatches_are_errors() {
 fn gather_kernel_matches_the_row_kernel() {
     use ember_kernels::quant::RowKernels;
     for dtype in [DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q8_0] {
-        let Some(gather) = RowKernels::dot_q8_gather(dtype) else { continue };
-        let dot = RowKernels::dot_q8(dtype).unwrap();
-        let (rows, blocks) = (53, 7);
-        let (data, _) = random_mat(dtype, rows, blocks, 9);
-        let rb = data.len() / rows;
-        let mut rng = StdRng::seed_from_u64(4);
-        let x = rows::random_x(blocks * 32, &mut rng);
-        let mut q8 = Q8Acts::default();
-        quantize_q8(&x, &mut q8);
-        for n in [0usize, 1, 3, 4, 5, 17, 40] {
-            let mut idx: Vec<u32> = (0..n).map(|_| rng.gen_range(0..rows as u32)).collect();
-            if n > 2 {
-                idx[1] = idx[0]; // a repeat
+        for (name, gather) in RowKernels::legacy_q8_gather_variants(dtype) {
+            let dot = RowKernels::dot_q8(dtype).unwrap();
+            // 19 blocks: the 512-bit kernel's eight-block steps, then its two- and one-block ones.
+            let (rows, blocks) = (53, 19);
+            let (data, _) = random_mat(dtype, rows, blocks, 9);
+            let rb = data.len() / rows;
+            let mut rng = StdRng::seed_from_u64(4);
+            let x = rows::random_x(blocks * 32, &mut rng);
+            let mut q8 = Q8Acts::default();
+            quantize_q8(&x, &mut q8);
+            for n in [0usize, 1, 3, 4, 5, 17, 40] {
+                let mut idx: Vec<u32> = (0..n).map(|_| rng.gen_range(0..rows as u32)).collect();
+                if n > 2 {
+                    idx[1] = idx[0]; // a repeat
+                }
+                let mut out = vec![f32::NAN; n];
+                gather(&data, rb, &idx, q8.as_ref(), &mut out);
+                for (o, &r) in out.iter().zip(&idx) {
+                    let want = dot(&data[r as usize * rb..][..rb], q8.as_ref());
+                    assert!((o - want).abs() <= 1e-5 * want.abs().max(1.0), "{dtype} {name} row {r}: {o} vs {want}");
+                }
             }
-            let mut out = vec![f32::NAN; n];
-            gather(&data, rb, &idx, q8.as_ref(), &mut out);
-            for (o, &r) in out.iter().zip(&idx) {
-                let want = dot(&data[r as usize * rb..][..rb], q8.as_ref());
-                assert!((o - want).abs() <= 1e-5 * want.abs().max(1.0), "{dtype} row {r}: {o} vs {want}");
-            }
+            let mut out = vec![f32::NAN; 5];
+            gather(&data, rb, &[0, 1, rows as u32, 2, 3], q8.as_ref(), &mut out);
+            assert_eq!(out[2], 0.0, "{dtype} {name}: a row past the matrix");
         }
-        let mut out = vec![f32::NAN; 5];
-        gather(&data, rb, &[0, 1, rows as u32, 2, 3], q8.as_ref(), &mut out);
-        assert_eq!(out[2], 0.0, "{dtype}: a row past the matrix");
     }
 }

@@ -14,6 +14,10 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+#[path = "sparse_x86.rs"]
+mod x86;
+
 use super::matmul::{needs_q8, Input};
 use crate::quant::q8::Q8_BLOCK;
 use crate::quant::{prefetch_lines, RowKernels};
@@ -108,8 +112,58 @@ pub struct AxpyScratch {
 /// Fewest rows a task of [`axpy_rows`] takes: below that, forking costs more than it saves.
 const AXPY_MIN_ROWS: usize = 64;
 
+/// A body of [`axpy_rows`]: the same sums, with the instructions of a CPU level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AxpyKernel {
+    /// Any CPU.
+    Portable,
+    /// The portable body compiled for AVX2 + FMA.
+    Avx2,
+    /// Eight rows per pass in 512-bit registers (`sparse_x86.rs`).
+    Avx512,
+}
+
+impl AxpyKernel {
+    /// The kernels this CPU runs, slowest first (tests run each).
+    pub fn detected() -> Vec<AxpyKernel> {
+        let mut out = vec![AxpyKernel::Portable];
+        if has_avx2() {
+            out.push(AxpyKernel::Avx2);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if x86::detected() {
+            out.push(AxpyKernel::Avx512);
+        }
+        out
+    }
+
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> AxpyKernel {
+        static BEST: std::sync::OnceLock<AxpyKernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| *AxpyKernel::detected().last().unwrap_or(&AxpyKernel::Portable))
+    }
+
+    fn run(self, m: &ColumnMajor, idx: &[u32], coef: &[f32], acc: &mut [f32]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `detected` lists this kernel only where AVX512-F is present; indices were
+            // checked by `axpy_rows_with`, `acc` is one partial of `m.padded` values.
+            AxpyKernel::Avx512 if x86::detected() => unsafe { x86::axpy(m, idx, coef, acc) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, for AVX2 and FMA.
+            AxpyKernel::Avx2 if has_avx2() => unsafe { axpy_avx2(m, idx, coef, acc) },
+            _ => axpy_body(m, idx, coef, acc),
+        }
+    }
+}
+
 /// `out = Σ_k coef[k] · m[idx[k]]` (`out` is `(m.n_outputs)`); indices must be `< m.n_inputs`.
 pub fn axpy_rows(m: &ColumnMajor, idx: &[u32], coef: &[f32], out: &mut [f32], scratch: &mut AxpyScratch) -> Result<()> {
+    axpy_rows_with(AxpyKernel::best(), m, idx, coef, out, scratch)
+}
+
+/// [`axpy_rows`] with a chosen body (a kernel the CPU lacks runs the portable one).
+pub fn axpy_rows_with(kernel: AxpyKernel, m: &ColumnMajor, idx: &[u32], coef: &[f32], out: &mut [f32], scratch: &mut AxpyScratch) -> Result<()> {
     if idx.len() != coef.len() || out.len() != m.n_outputs || idx.iter().any(|&j| j as usize >= m.n_inputs) {
         return Err(KernelError::Shape {
             op: "axpy_rows",
@@ -122,20 +176,11 @@ pub fn axpy_rows(m: &ColumnMajor, idx: &[u32], coef: &[f32], out: &mut [f32], sc
     let p = m.padded;
     scratch.partials.clear();
     scratch.partials.resize(tasks * p, 0.0);
-    let simd = has_avx2();
-    scratch.partials.par_chunks_mut(p).zip(idx.par_chunks(per_task).zip(coef.par_chunks(per_task))).for_each(
-        |(acc, (idx, coef))| {
-            if simd {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `has_avx2` confirmed AVX2 and FMA.
-                unsafe {
-                    axpy_avx2(m, idx, coef, acc)
-                }
-            } else {
-                axpy_body(m, idx, coef, acc)
-            }
-        },
-    );
+    scratch
+        .partials
+        .par_chunks_mut(p)
+        .zip(idx.par_chunks(per_task).zip(coef.par_chunks(per_task)))
+        .for_each(|(acc, (idx, coef))| kernel.run(m, idx, coef, acc));
     out.copy_from_slice(&scratch.partials[..m.n_outputs]);
     for part in scratch.partials.chunks_exact(p).skip(1) {
         super::ops::add_assign(out, &part[..m.n_outputs]);

@@ -72,6 +72,17 @@ pub(super) fn rows_variants(dtype: DType) -> Vec<(&'static str, DotQ8Rows)> {
     }
 }
 
+/// Every subset-of-rows kernel this CPU can run for `dtype`, named. For tests.
+pub(super) fn gather_variants(dtype: DType) -> Vec<(&'static str, DotQ8Gather)> {
+    #[cfg(target_arch = "x86_64")]
+    return x86::gather_variants(dtype);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = dtype;
+        Vec::new()
+    }
+}
+
 /// Every variant this CPU can run for `dtype`, named, the portable one first; empty when `dtype`
 /// is not a legacy format. For tests and benchmarks.
 pub(super) fn variants(dtype: DType) -> Vec<(&'static str, DotQ8)> {
@@ -97,6 +108,12 @@ impl RowKernels {
     /// [`RowKernels::dot_q8_rows`]), named. For tests and benchmarks.
     pub fn legacy_q8_rows_variants(dtype: DType) -> Vec<(&'static str, DotQ8Rows)> {
         rows_variants(dtype)
+    }
+
+    /// Every subset-of-rows integer-dot kernel of a legacy `dtype` this CPU can run (see
+    /// [`RowKernels::dot_q8_gather`]), named. For tests and benchmarks.
+    pub fn legacy_q8_gather_variants(dtype: DType) -> Vec<(&'static str, DotQ8Gather)> {
+        gather_variants(dtype)
     }
 }
 

@@ -68,6 +68,7 @@ pub(super) fn best_rows(dtype: DType) -> Option<DotQ8Rows> {
 /// The fastest subset-of-rows kernel for `dtype` on this CPU.
 pub(super) fn best_gather(dtype: DType) -> Option<DotQ8Gather> {
     match best_level()? {
+        Level::Avx512Vnni if zmm::detected() => zmm::gather(dtype),
         Level::Avx512Vnni => avx512vnni_gather(dtype),
         Level::AvxVnni => avxvnni_gather(dtype),
         Level::Avx2 => avx2_gather(dtype),
@@ -87,6 +88,23 @@ pub(super) fn rows_variants(dtype: DType) -> Vec<(&'static str, DotQ8Rows)> {
     }
     if zmm::detected() {
         out.extend(zmm::rows(dtype).map(|d| ("avx512vnni_zmm", d)));
+    }
+    out
+}
+
+/// Every detected level's subset-of-rows kernel, named. For tests.
+pub(super) fn gather_variants(dtype: DType) -> Vec<(&'static str, DotQ8Gather)> {
+    let mut out: Vec<(&'static str, DotQ8Gather)> = Vec::new();
+    for level in Level::ALL.into_iter().rev().filter(|l| l.detected()) {
+        let k = match level {
+            Level::Avx512Vnni => avx512vnni_gather(dtype),
+            Level::AvxVnni => avxvnni_gather(dtype),
+            Level::Avx2 => avx2_gather(dtype),
+        };
+        out.extend(k.map(|d| (level.name(), d)));
+    }
+    if zmm::detected() {
+        out.extend(zmm::gather(dtype).map(|d| ("avx512vnni_zmm", d)));
     }
     out
 }

@@ -20,7 +20,7 @@
 //! Needs AVX512-F/BW/VL, AVX512-VNNI and AVX512-VBMI (Ice Lake, Sapphire Rapids, Zen 4/5).
 
 use super::{halves4, step1, step2, Acc, Blocks, Format, Q40, Q41, Q50, Q51, Q80};
-use super::{hsum_ps, whole_blocks, Avx512Vnni, DType, DotQ8Rows, Q8Ref, Q8_BLOCK};
+use super::{hsum_ps, whole_blocks, Avx512Vnni, DType, DotQ8Gather, DotQ8Rows, Q8Ref, Q8_BLOCK};
 use std::arch::is_x86_feature_detected as has;
 use std::arch::x86_64::*;
 
@@ -44,6 +44,25 @@ pub(super) fn rows(dtype: DType) -> Option<DotQ8Rows> {
         DType::Q5_0 => |w, n, a, o| unsafe { dot::<Q50>(w, n, a, o) },
         DType::Q5_1 => |w, n, a, o| unsafe { dot::<Q51>(w, n, a, o) },
         DType::Q8_0 => |w, n, a, o| unsafe { dot::<Q80>(w, n, a, o) },
+        _ => return None,
+    };
+    Some(dot)
+}
+
+/// The subset-of-rows kernel of `dtype` (see [`DotQ8Gather`]); call only when [`detected`].
+pub(super) fn gather(dtype: DType) -> Option<DotQ8Gather> {
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    unsafe fn dot<F: ZFormat>(w: &[u8], row_bytes: usize, rows: &[u32], acts: Q8Ref<'_>, out: &mut [f32]) {
+        // SAFETY: the features `dot_gather` needs are enabled here.
+        unsafe { dot_gather::<F>(w, row_bytes, rows, acts, out) }
+    }
+    // SAFETY (each closure): reachable only through callers that checked `detected`.
+    let dot: DotQ8Gather = match dtype {
+        DType::Q4_0 => |w, n, r, a, o| unsafe { dot::<Q40>(w, n, r, a, o) },
+        DType::Q4_1 => |w, n, r, a, o| unsafe { dot::<Q41>(w, n, r, a, o) },
+        DType::Q5_0 => |w, n, r, a, o| unsafe { dot::<Q50>(w, n, r, a, o) },
+        DType::Q5_1 => |w, n, r, a, o| unsafe { dot::<Q51>(w, n, r, a, o) },
+        DType::Q8_0 => |w, n, r, a, o| unsafe { dot::<Q80>(w, n, r, a, o) },
         _ => return None,
     };
     Some(dot)
@@ -243,21 +262,58 @@ unsafe fn dot_rows<F: ZFormat>(w: &[u8], row_bytes: usize, acts: Q8Ref<'_>, out:
             let r = (first + k).min(n - 1); // a short last group repeats its last row
             &w[r * row_bytes..(r + 1) * row_bytes]
         });
+        let ahead = rows.map(|row| row.as_ptr().wrapping_add(PREFETCH_GROUPS * ROWS * row_bytes));
         // SAFETY: forwarded to the caller.
-        let r = unsafe { dot_rows_at::<F>(rows, row_bytes, acts) };
+        let r = unsafe { dot_rows_at::<F>(rows, ahead, acts) };
         o.copy_from_slice(&r[..o.len()]);
     }
 }
 
-/// The dots of four rows of equal length.
+/// `out[i]` = the dot of row `rows[i]` of `w` with `acts`: a subset of rows, [`ROWS`] at a
+/// time, each group prefetching the rows of the group [`PREFETCH_GROUPS`] ahead in the list. A
+/// row `w` does not hold gives 0.
 ///
 /// # Safety
 /// As [`dot_rows`].
 #[inline(always)]
-unsafe fn dot_rows_at<F: ZFormat>(rows: [&[u8]; ROWS], row_bytes: usize, acts: Q8Ref<'_>) -> [f32; ROWS] {
+unsafe fn dot_gather<F: ZFormat>(w: &[u8], row_bytes: usize, rows: &[u32], acts: Q8Ref<'_>, out: &mut [f32]) {
+    let held = if row_bytes == 0 { 0 } else { w.len() / row_bytes };
+    let row = |i: u32| -> Option<&[u8]> {
+        let i = i as usize;
+        (i < held).then(|| &w[i * row_bytes..(i + 1) * row_bytes])
+    };
+    let n = out.len().min(rows.len());
+    for (g, o) in out[..n].chunks_mut(ROWS).enumerate() {
+        let ids = &rows[g * ROWS..(g * ROWS + ROWS).min(n)];
+        // A short last group repeats its last row.
+        let four: [Option<&[u8]>; ROWS] = std::array::from_fn(|k| row(ids[k.min(ids.len() - 1)]));
+        if four.iter().any(Option::is_none) {
+            // A row past the end: each row on its own, the missing ones 0.
+            for (ok, &i) in o.iter_mut().zip(ids) {
+                // SAFETY: forwarded to the caller.
+                *ok = row(i).map_or(0.0, |rk| unsafe { dot_rows_at::<F>([rk; ROWS], [rk.as_ptr(); ROWS], acts)[0] });
+            }
+            continue;
+        }
+        let four = four.map(Option::unwrap_or_default);
+        let next = rows.get((g + PREFETCH_GROUPS) * ROWS..((g + PREFETCH_GROUPS + 1) * ROWS).min(n));
+        let ahead: [*const u8; ROWS] =
+            std::array::from_fn(|k| next.and_then(|ids| ids.get(k)).and_then(|&i| row(i)).map_or(four[k].as_ptr(), |r| r.as_ptr()));
+        // SAFETY: forwarded to the caller.
+        let r = unsafe { dot_rows_at::<F>(four, ahead, acts) };
+        o.copy_from_slice(&r[..o.len()]);
+    }
+}
+
+/// The dots of four rows of equal length; `ahead[k]` is where the lines to prefetch while
+/// computing row `k` start (any address: prefetches never fault).
+///
+/// # Safety
+/// As [`dot_rows`].
+#[inline(always)]
+unsafe fn dot_rows_at<F: ZFormat>(rows: [&[u8]; ROWS], ahead: [*const u8; ROWS], acts: Q8Ref<'_>) -> [f32; ROWS] {
     let nb = rows.iter().map(|r| whole_blocks(F::BYTES, r, acts)).min().unwrap_or(0);
     let r = rows.map(|row| Blocks { w: row.as_ptr(), y: acts.qs.as_ptr(), da: acts.d.as_ptr(), sums: acts.sum16.as_ptr() });
-    let ahead = rows.map(|row| row.as_ptr().wrapping_add(PREFETCH_GROUPS * ROWS * row_bytes));
     let mut acc = [_mm256_setzero_ps(); ROWS];
     let mut b = 0;
     // SAFETY: every step reads blocks `b..b + n` with `b + n <= nb`, which every row and `acts`

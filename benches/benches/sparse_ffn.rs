@@ -1,0 +1,99 @@
+//! The sparse FFN products of decode (`ember_kernels::cpu::sparse`), each CPU variant, one
+//! thread, at the synthetic `small` model's shape (dim 1024, FFN 4096) with 10% and 40% of the
+//! neurons active:
+//!
+//! - `axpy_<active>/<kernel>`: `down` over the active neurons, from the transposed 8-bit copy;
+//! - `gather_<active>/<kernel>`: gate and up rows of the active neurons (Q4_0), side by side as
+//!   in the hot-ordered bundle.
+//!
+//! Each iteration works on the next of `LAYERS` separate copies (more bytes than the last-level
+//! cache holds), so rows come from memory as in a decode step, not from cache. Throughput is in
+//! weight elements read. Run: `cargo bench -p ember-benches --bench sparse_ffn`.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use ember_kernels::cpu::sparse::{axpy_rows_with, AxpyKernel, AxpyScratch, ColumnMajor};
+use ember_kernels::quant::q8::{quantize_q8, Q8Acts};
+use ember_kernels::quant::{DType, RowKernels};
+use ember_kernels::MatRef;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const DIM: usize = 1024;
+const FFN: usize = 4096;
+const LAYERS: usize = 12;
+const ACTIVE: [f64; 2] = [0.1, 0.4];
+
+/// A random f32 matrix of `rows × cols`, as little-endian bytes.
+fn random_f32(rows: usize, cols: usize, rng: &mut StdRng) -> Vec<u8> {
+    (0..rows * cols).flat_map(|_| rng.gen_range(-1.0f32..1.0).to_le_bytes()).collect()
+}
+
+/// Random Q4_0 rows with finite scales.
+fn random_q4_0(rows: usize, cols: usize, rng: &mut StdRng) -> Vec<u8> {
+    let mut bytes: Vec<u8> = (0..rows * cols / 32 * 18).map(|_| rng.gen()).collect();
+    for block in bytes.chunks_exact_mut(18) {
+        block[..2].copy_from_slice(&0x2a66u16.to_le_bytes()); // 0.05 as f16
+    }
+    bytes
+}
+
+fn active(n: usize, fraction: f64, rng: &mut StdRng) -> Vec<u32> {
+    (0..n as u32).filter(|_| rng.gen_bool(fraction)).collect()
+}
+
+fn axpy(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(1);
+    let copies: Vec<ColumnMajor> = (0..LAYERS)
+        .map(|_| {
+            let down = random_f32(DIM, FFN, &mut rng);
+            ColumnMajor::from_mat(MatRef::new(DType::F32, DIM, FFN, &down).expect("shape")).expect("copy")
+        })
+        .collect();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+    for fraction in ACTIVE {
+        let idx = active(FFN, fraction, &mut rng);
+        let coef: Vec<f32> = idx.iter().map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let mut out = vec![0f32; DIM];
+        let mut scratch = AxpyScratch::default();
+        let mut group = c.benchmark_group(format!("axpy_{:.0}%", fraction * 100.0));
+        group.throughput(Throughput::Elements((idx.len() * DIM) as u64));
+        for kernel in AxpyKernel::detected() {
+            let mut layer = 0;
+            group.bench_function(format!("{kernel:?}"), |b| {
+                b.iter(|| {
+                    layer = (layer + 1) % LAYERS;
+                    pool.install(|| axpy_rows_with(kernel, &copies[layer], black_box(&idx), &coef, &mut out, &mut scratch)).expect("axpy");
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+fn gather(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(2);
+    let bundles: Vec<Vec<u8>> = (0..LAYERS).map(|_| random_q4_0(2 * FFN, DIM, &mut rng)).collect();
+    let row_bytes = DType::Q4_0.row_bytes(DIM).expect("whole blocks");
+    let x: Vec<f32> = (0..DIM).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+    let mut acts = Q8Acts::default();
+    quantize_q8(&x, &mut acts);
+    for fraction in ACTIVE {
+        let rows: Vec<u32> = active(FFN, fraction, &mut rng).iter().flat_map(|&p| [2 * p, 2 * p + 1]).collect();
+        let mut out = vec![0f32; rows.len()];
+        let mut group = c.benchmark_group(format!("gather_{:.0}%", fraction * 100.0));
+        group.throughput(Throughput::Elements((rows.len() * DIM) as u64));
+        for (name, dot) in RowKernels::legacy_q8_gather_variants(DType::Q4_0) {
+            let mut layer = 0;
+            group.bench_function(name, |b| {
+                b.iter(|| {
+                    layer = (layer + 1) % LAYERS;
+                    dot(&bundles[layer], row_bytes, black_box(&rows), acts.as_ref(), &mut out);
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, axpy, gather);
+criterion_main!(benches);
