@@ -1,8 +1,9 @@
 //! 512-bit body of [`super::axpy_rows`]: eight rows of the transposed 8-bit copy at a time, so
 //! each block of 32 accumulators is loaded and stored once per eight rows; each row's 32 bytes
 //! of a block become two `zmm` of f32 (`vpmovsxbd`, `vcvtdq2ps`) and two FMAs with the row's
-//! coefficient times its block scale. Rows of the next group are prefetched (a token's rows are
-//! scattered, so the hardware prefetcher does not see them coming).
+//! coefficient times its block scale. The rows [`AHEAD`] groups on are prefetched a line at a
+//! time while a group is added (a token's rows are scattered, so the hardware prefetcher does not
+//! see them coming).
 //!
 //! Needs AVX512-F (Skylake-X, Ice Lake, Sapphire Rapids, Zen 4/5).
 
@@ -55,8 +56,7 @@ pub(super) unsafe fn axpy(m: &ColumnMajor, idx: &[u32], coef: &[f32], acc: &mut 
                 let at = a.add(b * Q8_BLOCK);
                 let (mut lo, mut hi) = (_mm512_loadu_ps(at), _mm512_loadu_ps(at.add(16)));
                 for (k, &j) in ix.iter().enumerate() {
-                    (lo, hi) =
-                        add_block(q(j).add(b * Q8_BLOCK), coef[g + k] * *d(j).add(b), lo, hi);
+                    (lo, hi) = add_block(q(j).add(b * Q8_BLOCK), coef[g + k] * *d(j).add(b), lo, hi);
                 }
                 _mm512_storeu_ps(at, lo);
                 _mm512_storeu_ps(at.add(16), hi);
@@ -66,12 +66,7 @@ pub(super) unsafe fn axpy(m: &ColumnMajor, idx: &[u32], coef: &[f32], acc: &mut 
         for (&j, &c) in idx[g..].iter().zip(&coef[g..]) {
             for b in 0..nb {
                 let at = a.add(b * Q8_BLOCK);
-                let (lo, hi) = add_block(
-                    q(j).add(b * Q8_BLOCK),
-                    c * *d(j).add(b),
-                    _mm512_loadu_ps(at),
-                    _mm512_loadu_ps(at.add(16)),
-                );
+                let (lo, hi) = add_block(q(j).add(b * Q8_BLOCK), c * *d(j).add(b), _mm512_loadu_ps(at), _mm512_loadu_ps(at.add(16)));
                 _mm512_storeu_ps(at, lo);
                 _mm512_storeu_ps(at.add(16), hi);
             }

@@ -77,34 +77,37 @@ pub(super) fn best_gather(dtype: DType) -> Option<DotQ8Gather> {
 
 /// Every detected level's many-rows kernel, named. For tests.
 pub(super) fn rows_variants(dtype: DType) -> Vec<(&'static str, DotQ8Rows)> {
-    let mut out: Vec<(&'static str, DotQ8Rows)> = Vec::new();
-    for level in Level::ALL.into_iter().rev().filter(|l| l.detected()) {
-        let k = match level {
+    named_variants(
+        |level| match level {
             Level::Avx512Vnni => avx512vnni_rows(dtype),
             Level::AvxVnni => avxvnni_rows(dtype),
             Level::Avx2 => avx2_rows(dtype),
-        };
-        out.extend(k.map(|d| (level.name(), d)));
-    }
-    if zmm::detected() {
-        out.extend(zmm::rows(dtype).map(|d| ("avx512vnni_zmm", d)));
-    }
-    out
+        },
+        || zmm::rows(dtype),
+    )
 }
 
 /// Every detected level's subset-of-rows kernel, named. For tests.
 pub(super) fn gather_variants(dtype: DType) -> Vec<(&'static str, DotQ8Gather)> {
-    let mut out: Vec<(&'static str, DotQ8Gather)> = Vec::new();
-    for level in Level::ALL.into_iter().rev().filter(|l| l.detected()) {
-        let k = match level {
+    named_variants(
+        |level| match level {
             Level::Avx512Vnni => avx512vnni_gather(dtype),
             Level::AvxVnni => avxvnni_gather(dtype),
             Level::Avx2 => avx2_gather(dtype),
-        };
-        out.extend(k.map(|d| (level.name(), d)));
+        },
+        || zmm::gather(dtype),
+    )
+}
+
+/// The kernel `at(level)` of each detected level, worst first, then the 512-bit one `zmm()`
+/// where its features are present, each with its name.
+fn named_variants<K>(at: impl Fn(Level) -> Option<K>, zmm: impl FnOnce() -> Option<K>) -> Vec<(&'static str, K)> {
+    let mut out: Vec<(&'static str, K)> = Vec::new();
+    for level in Level::ALL.into_iter().rev().filter(|l| l.detected()) {
+        out.extend(at(level).map(|d| (level.name(), d)));
     }
     if zmm::detected() {
-        out.extend(zmm::gather(dtype).map(|d| ("avx512vnni_zmm", d)));
+        out.extend(zmm().map(|d| ("avx512vnni_zmm", d)));
     }
     out
 }
