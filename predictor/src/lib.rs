@@ -7,6 +7,7 @@ pub mod error;
 pub mod lowrank;
 pub mod profile;
 pub mod stats;
+mod w2;
 
 pub use error::{PredictorError, Result};
 pub use profile::{Criterion, Profile};

@@ -21,7 +21,9 @@
 //! * **calibration** — [`LowRankPredictor::calibrate`] picks the largest logit cut that still
 //!   reaches a target recall on held-out data.
 //! * **inference** — [`LowRankPredictor::predict`]: `rank·dim + n_out·rank` multiply-adds, no
-//!   allocation once the caller's scratch buffers have grown.
+//!   allocation once the caller's [`PredictScratch`] has grown. The first stage dots the 8-bit
+//!   W1 rows with `x` in f32; the second, the larger, runs in integers against the hidden
+//!   vector quantized to 7 bits (`crate::w2`), so its cost is that of W2's bytes.
 
 use std::ops::Range;
 use std::path::Path;
@@ -33,6 +35,8 @@ use rayon::prelude::*;
 use safetensors::Dtype;
 
 use crate::error::{PredictorError, Result};
+use crate::w2::{Stage2, Stage2Scratch};
+pub use crate::w2::PredictKernel;
 
 fn param(name: &'static str, problem: impl Into<String>) -> PredictorError {
     PredictorError::Param { name, problem: problem.into() }
@@ -193,9 +197,8 @@ pub struct LowRankPredictor {
     w1_q: Vec<i8>,      // (rank, dim)
     w1_scale: Vec<f32>, // (rank)
     b1: Vec<f32>,       // (rank)
-    w2_q: Vec<i8>,      // (n_out, rank)
-    w2_scale: Vec<f32>, // (n_out)
-    b2: Vec<f32>,       // (n_out)
+    /// W2 (n_out, rank) in the blocks of the integer second stage, its scales, b2.
+    w2: Stage2,
     /// Logit cut: neuron `j` is predicted active when `logits[j] > threshold`.
     pub threshold: f32,
 }
@@ -211,6 +214,21 @@ pub struct Metrics {
     pub predicted_fraction: f32,
     /// Mean `|active| / n_out`.
     pub active_fraction: f32,
+}
+
+/// The caller's scratch space of [`LowRankPredictor::predict`], reused from token to token.
+#[derive(Clone, Debug, Default)]
+pub struct PredictScratch {
+    hidden: Vec<f32>, // (rank)
+    logits: Vec<f32>, // (n_out)
+    stage2: Stage2Scratch,
+}
+
+impl PredictScratch {
+    /// The logits of the last prediction, one per neuron.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
 }
 
 // ---- Training (f32, manual backprop, Adam) ------------------------------------------------
@@ -538,9 +556,7 @@ impl LowRankPredictor {
             w1_q,
             w1_scale,
             b1: params[lay.b1()].to_vec(),
-            w2_q,
-            w2_scale,
-            b2: params[lay.b2()].to_vec(),
+            w2: Stage2::new(&w2_q, lay.rank, w2_scale, params[lay.b2()].to_vec()),
             threshold: 0.0,
         }
     }
@@ -557,49 +573,59 @@ impl LowRankPredictor {
         self.n_out
     }
 
-    /// Writes into `out` the sorted indices of the neurons with `logit > threshold`. `hidden`
-    /// (resized to `rank`) and `logits` (resized to `n_out`) are the caller's scratch; after the
-    /// call `logits` holds the logits. Nothing is allocated once the buffers have grown.
+    /// Writes into `out` the sorted indices of the neurons with `logit > threshold`; after the
+    /// call `scratch.logits()` holds the logits. Nothing is allocated once the scratch and `out`
+    /// have grown.
     ///
     /// # Panics
     /// If `x.len() != dim` — a caller bug, like an out-of-range slice index.
-    pub fn predict(&self, x: &[f32], hidden: &mut Vec<f32>, logits: &mut Vec<f32>, out: &mut Vec<u32>) {
-        self.logits(x, hidden, logits);
-        out.clear();
-        let over = logits.iter().enumerate().filter(|(_, &z)| z > self.threshold);
-        out.extend(over.map(|(j, _)| j as u32));
+    pub fn predict(&self, x: &[f32], scratch: &mut PredictScratch, out: &mut Vec<u32>) {
+        self.predict_with(PredictKernel::best(), x, scratch, out)
     }
 
-    /// `logits = W2 · relu(W1 · x + b1) + b2` with the 8-bit rows dotted in f32; the body is
-    /// compiled a second time for AVX2 + FMA, chosen at run time (8-wide instead of 4-wide).
-    fn logits(&self, x: &[f32], hidden: &mut Vec<f32>, logits: &mut Vec<f32>) {
+    /// [`predict`](Self::predict) with a chosen second-stage body (a kernel the CPU lacks runs
+    /// the portable one); every body gives the same logits bit for bit.
+    pub fn predict_with(&self, kernel: PredictKernel, x: &[f32], scratch: &mut PredictScratch, out: &mut Vec<u32>) {
+        self.run(kernel, x, scratch, Some(out));
+    }
+
+    /// The logits only, in `scratch.logits`.
+    fn logits(&self, x: &[f32], scratch: &mut PredictScratch) {
+        self.run(PredictKernel::best(), x, scratch, None);
+    }
+
+    /// `logits = W2 · relu(W1 · x + b1) + b2`: the first stage dots the 8-bit rows in f32 (its
+    /// body compiled a second time for AVX2 + FMA, chosen at run time), the second runs in
+    /// integers (`crate::w2`).
+    fn run(&self, kernel: PredictKernel, x: &[f32], s: &mut PredictScratch, out: Option<&mut Vec<u32>>) {
         assert_eq!(x.len(), self.dim, "predictor input has {} values, expected dim {}", x.len(), self.dim);
-        hidden.resize(self.rank, 0.0); // (rank)
-        logits.resize(self.n_out, 0.0); // (n_out)
+        s.hidden.resize(self.rank, 0.0); // (rank)
+        s.logits.resize(self.n_out, 0.0); // (n_out)
+        self.hidden(x, &mut s.hidden);
+        self.w2.run(kernel, &s.hidden, self.threshold, &mut s.stage2, &mut s.logits, out);
+    }
+
+    fn hidden(&self, x: &[f32], hidden: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the features were just detected.
-            return unsafe { self.logits_avx2(x, hidden, logits) };
+            return unsafe { self.hidden_avx2(x, hidden) };
         }
-        self.logits_body(x, hidden, logits)
+        self.hidden_body(x, hidden)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn logits_avx2(&self, x: &[f32], hidden: &mut [f32], logits: &mut [f32]) {
-        self.logits_body(x, hidden, logits)
+    unsafe fn hidden_avx2(&self, x: &[f32], hidden: &mut [f32]) {
+        self.hidden_body(x, hidden)
     }
 
     #[inline(always)]
-    fn logits_body(&self, x: &[f32], hidden: &mut [f32], logits: &mut [f32]) {
-        let (dim, rank) = (self.dim, self.rank);
+    fn hidden_body(&self, x: &[f32], hidden: &mut [f32]) {
+        let dim = self.dim;
         for (r, h) in hidden.iter_mut().enumerate() {
             let q = &self.w1_q[r * dim..(r + 1) * dim];
             *h = (self.b1[r] + self.w1_scale[r] * dot_i8(q, x)).max(0.0);
-        }
-        for (j, z) in logits.iter_mut().enumerate() {
-            let q = &self.w2_q[j * rank..(j + 1) * rank];
-            *z = self.b2[j] + self.w2_scale[j] * dot_i8(q, hidden);
         }
     }
 
@@ -625,11 +651,12 @@ impl LowRankPredictor {
         let mut active: Vec<f32> = (0..n)
             .into_par_iter()
             .map_init(
-                || (Vec::new(), Vec::new()),
-                |(hidden, logits), i| {
-                    self.logits(val.row(i), hidden, logits);
+                PredictScratch::default,
+                |scratch, i| {
+                    self.logits(val.row(i), scratch);
                     let bits = val.active_row(i);
-                    logits
+                    scratch
+                        .logits
                         .iter()
                         .enumerate()
                         .filter(|(j, _)| bit(bits, *j))
@@ -661,9 +688,9 @@ impl LowRankPredictor {
         let (hit, predicted, active) = (0..n)
             .into_par_iter()
             .map_init(
-                || (Vec::new(), Vec::new(), Vec::new()),
-                |(hidden, logits, out), i| {
-                    self.predict(data.row(i), hidden, logits, out);
+                || (PredictScratch::default(), Vec::new()),
+                |(scratch, out), i| {
+                    self.predict(data.row(i), scratch, out);
                     let bits = data.active_row(i);
                     let hit = out.iter().filter(|&&j| bit(bits, j as usize)).count() as u64;
                     let active: u64 = bits.iter().map(|w| u64::from(w.count_ones())).sum();
@@ -683,8 +710,8 @@ impl LowRankPredictor {
 
     /// Stored size in bytes: the i8 weights, the f32 scales and biases, the threshold.
     pub fn bytes(&self) -> usize {
-        let floats = self.w1_scale.len() + self.b1.len() + self.w2_scale.len() + self.b2.len() + 1;
-        self.w1_q.len() + self.w2_q.len() + 4 * floats
+        let floats = self.w1_scale.len() + self.b1.len() + self.w2.scale.len() + self.w2.bias.len() + 1;
+        self.w1_q.len() + self.w2.weight_bytes() + 4 * floats
     }
 
     /// Multiply-adds per token: `rank·dim + n_out·rank`.
@@ -715,9 +742,9 @@ impl LowRankPredictor {
             ("w1.q".into(), Dtype::I8, vec![rank, dim], i8_bytes(&self.w1_q)),
             ("w1.scale".into(), Dtype::F32, vec![rank], f32_bytes(&self.w1_scale)),
             ("b1".into(), Dtype::F32, vec![rank], f32_bytes(&self.b1)),
-            ("w2.q".into(), Dtype::I8, vec![n_out, rank], i8_bytes(&self.w2_q)),
-            ("w2.scale".into(), Dtype::F32, vec![n_out], f32_bytes(&self.w2_scale)),
-            ("b2".into(), Dtype::F32, vec![n_out], f32_bytes(&self.b2)),
+            ("w2.q".into(), Dtype::I8, vec![n_out, rank], i8_bytes(&self.w2.rows())),
+            ("w2.scale".into(), Dtype::F32, vec![n_out], f32_bytes(&self.w2.scale)),
+            ("b2".into(), Dtype::F32, vec![n_out], f32_bytes(&self.w2.bias)),
             ("threshold".into(), Dtype::F32, vec![1], f32_bytes(&[self.threshold])),
         ]
     }
@@ -745,9 +772,7 @@ impl LowRankPredictor {
             w1_q,
             w1_scale: t.finite("w1.scale", rank)?,
             b1: t.finite("b1", rank)?,
-            w2_q,
-            w2_scale: t.finite("w2.scale", n_out)?,
-            b2: t.finite("b2", n_out)?,
+            w2: Stage2::new(&w2_q, rank, t.finite("w2.scale", n_out)?, t.finite("b2", n_out)?),
             threshold,
         })
     }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use ember_predictor::lowrank::{train, Dataset, LowRankPredictor, TensorData, TrainConfig};
+use ember_predictor::lowrank::{train, Dataset, LowRankPredictor, PredictKernel, PredictScratch, TensorData, TrainConfig};
 use ember_predictor::PredictorError;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -32,8 +32,12 @@ const MIN_TEST_RECALL: f32 = 0.9;
 const MAX_PREDICTED_OVER_ACTIVE: f32 = 2.5;
 /// The 8-bit forward sums in f32 in another order than the f64 reference: relative error
 /// ≈ dim · 6e-8 ≈ 2e-6; 1e-4 of max(1, |logit|) leaves a wide margin and still catches any
-/// wrong scale, bias, relu or index (those move logits by ≥ 1e-2).
+/// wrong scale, bias, relu or index (those move logits by ≥ 1e-2). On top of it comes the
+/// 7-bit quantization of the hidden vector, bounded per logit (see `hidden_rounding_bound`).
 const LOGIT_TOL: f64 = 1e-4;
+/// The hidden vector is rounded to multiples of `max(hidden) / 127`: each value moves by at
+/// most half a step.
+const HIDDEN_LEVELS: f64 = 127.0;
 const PREFIX: &str = "blk.3.ffn_pred.";
 
 fn normal(rng: &mut StdRng) -> f32 {
@@ -139,8 +143,10 @@ fn calibrate_picks_the_largest_cut_reaching_the_target() {
     }
 }
 
-/// Naive f64 forward of the dequantized tensors: `W2 · relu(W1 · x + b1) + b2`.
-fn reference_logits(t: &HashMap<String, TensorData>, x: &[f32]) -> Vec<f64> {
+/// Naive f64 forward of the dequantized tensors, `W2 · relu(W1 · x + b1) + b2`, and per logit
+/// the most the 7-bit rounding of the hidden vector can move it:
+/// `(max(hidden) / 127 / 2) · Σ_r |W2[j][r]|`.
+fn reference_logits(t: &HashMap<String, TensorData>, x: &[f32]) -> (Vec<f64>, Vec<f64>) {
     let f32s = |name: &str| -> Vec<f64> {
         let b = &t[&format!("{PREFIX}{name}")].2;
         b.chunks_exact(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect()
@@ -158,29 +164,84 @@ fn reference_logits(t: &HashMap<String, TensorData>, x: &[f32]) -> Vec<f64> {
             (s + b1[r]).max(0.0)
         })
         .collect();
-    (0..n_out).map(|j| b2[j] + (0..rank).map(|r| q2[j * rank + r] * scale2[j] * h[r]).sum::<f64>()).collect()
+    let half_step = h.iter().fold(0.0f64, |m, &v| m.max(v)) / HIDDEN_LEVELS / 2.0;
+    let logits = (0..n_out).map(|j| b2[j] + (0..rank).map(|r| q2[j * rank + r] * scale2[j] * h[r]).sum::<f64>());
+    let bound = (0..n_out).map(|j| half_step * (0..rank).map(|r| (q2[j * rank + r] * scale2[j]).abs()).sum::<f64>());
+    (logits.collect(), bound.collect())
+}
+
+/// Every second-stage kernel of this CPU on `p` and `x`: logits within the bound of the
+/// reference, the same logits and indices bit for bit as the portable body, the indices those
+/// over the threshold.
+fn check_forward(p: &LowRankPredictor, tensors: &HashMap<String, TensorData>, x: &[f32], what: &str) {
+    let (want, bound) = reference_logits(tensors, x);
+    let (mut portable, mut first) = (PredictScratch::default(), Vec::new());
+    p.predict_with(PredictKernel::Portable, x, &mut portable, &mut first);
+    for kernel in PredictKernel::detected() {
+        let (mut scratch, mut out) = (PredictScratch::default(), Vec::new());
+        p.predict_with(kernel, x, &mut scratch, &mut out);
+        let logits = scratch.logits();
+        assert_eq!(logits.len(), want.len());
+        for (j, (&got, &want)) in logits.iter().zip(&want).enumerate() {
+            let tol = LOGIT_TOL * want.abs().max(1.0) + bound[j];
+            assert!((f64::from(got) - want).abs() <= tol, "{what} {kernel:?} logit {j}: {got} vs {want} (tolerance {tol})");
+            let over = out.binary_search(&(j as u32)).is_ok();
+            assert_eq!(over, got > p.threshold, "{what} {kernel:?} neuron {j}: logit {got}, threshold {}", p.threshold);
+        }
+        assert!(out.windows(2).all(|w| w[0] < w[1]), "{what} {kernel:?}: out not sorted");
+        let same = logits.iter().zip(portable.logits()).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same && out == first, "{what}: {kernel:?} differs from the portable body");
+    }
 }
 
 #[test]
 fn quantized_forward_matches_naive_dequantized_reference() {
     let (p, data) = small_predictor();
     let tensors = tensor_map(&p);
-    let (mut hidden, mut logits, mut out) = (Vec::new(), Vec::new(), Vec::new());
     let mut rng = StdRng::seed_from_u64(5);
     let random: Vec<Vec<f32>> = (0..50).map(|_| (0..37).map(|_| 3.0 * normal(&mut rng)).collect()).collect();
     let rows = (0..data.len()).step_by(7).map(|i| data.row(i).to_vec()).chain(random);
-    for x in rows {
-        p.predict(&x, &mut hidden, &mut logits, &mut out);
-        let want = reference_logits(&tensors, &x);
-        assert_eq!(logits.len(), want.len());
-        for (j, (&got, &want)) in logits.iter().zip(&want).enumerate() {
-            let tol = LOGIT_TOL * want.abs().max(1.0);
-            assert!((f64::from(got) - want).abs() <= tol, "logit {j}: {got} vs {want}");
-            let near = (want - f64::from(p.threshold)).abs() <= tol;
-            let predicted = out.binary_search(&(j as u32)).is_ok();
-            assert!(near || predicted == (want > f64::from(p.threshold)), "neuron {j}: logit {want}");
+    for (i, x) in rows.enumerate() {
+        check_forward(&p, &tensors, &x, &format!("row {i}"));
+    }
+}
+
+/// A predictor of random 8-bit weights with the given shape, threshold at 0.
+fn random_predictor(dim: usize, rank: usize, n_out: usize, seed: u64) -> HashMap<String, TensorData> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut i8s = |n: usize| (0..n).map(|_| rng.gen_range(-127i8..=127) as u8).collect::<Vec<u8>>();
+    let (w1, w2) = (i8s(rank * dim), i8s(n_out * rank));
+    let f32s = |v: Vec<f32>| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+    let mut rng = StdRng::seed_from_u64(seed + 1);
+    let mut floats = |n: usize, scale: f32, shift: f32| f32s((0..n).map(|_| shift + scale * normal(&mut rng)).collect());
+    let t = |dt, shape: Vec<usize>, bytes| (dt, shape, bytes);
+    [
+        ("w1.q", t(Dtype::I8, vec![rank, dim], w1)),
+        ("w1.scale", t(Dtype::F32, vec![rank], floats(rank, 0.001, 0.01))),
+        ("b1", t(Dtype::F32, vec![rank], floats(rank, 0.5, 0.2))),
+        ("w2.q", t(Dtype::I8, vec![n_out, rank], w2)),
+        ("w2.scale", t(Dtype::F32, vec![n_out], floats(n_out, 0.001, 0.01))),
+        ("b2", t(Dtype::F32, vec![n_out], floats(n_out, 1.0, 0.0))),
+        ("threshold", t(Dtype::F32, vec![1], f32s(vec![0.0]))),
+    ]
+    .into_iter()
+    .map(|(name, v)| (format!("{PREFIX}{name}"), v))
+    .collect()
+}
+
+/// Shapes around the second stage's blocks (16 outputs × 4 ranks, four blocks per pass):
+/// ranks and output counts on, below and past the multiples, up to a real layer's.
+#[test]
+fn every_kernel_matches_the_reference_over_many_shapes() {
+    let shapes = [(8, 1, 1), (5, 3, 15), (16, 4, 16), (9, 7, 17), (33, 64, 64), (40, 65, 79), (64, 66, 130), (24, 67, 250), (576, 64, 1536)];
+    for (s, &(dim, rank, n_out)) in shapes.iter().enumerate() {
+        let tensors = random_predictor(dim, rank, n_out, 100 + s as u64);
+        let p = load(&tensors).expect("random predictor");
+        let mut rng = StdRng::seed_from_u64(200 + s as u64);
+        for i in 0..8 {
+            let x: Vec<f32> = (0..dim).map(|_| 2.0 * normal(&mut rng)).collect();
+            check_forward(&p, &tensors, &x, &format!("{dim}x{rank}x{n_out} row {i}"));
         }
-        assert!(out.windows(2).all(|w| w[0] < w[1]), "out not sorted");
     }
 }
 
@@ -203,13 +264,12 @@ fn tensors_round_trip_in_memory_and_through_a_file() {
     let file = safetensors::SafeTensors::deserialize(&bytes).expect("parse");
     let get = |name: &str| file.tensor(name).ok().map(|t| (t.dtype(), t.shape().to_vec(), t.data().to_vec()));
     let from_file = LowRankPredictor::from_tensors(&path, PREFIX, &get).expect("from file");
-    let (mut h, mut l, mut a, mut b) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut l2 = Vec::new();
+    let (mut s1, mut s2, mut a, mut b) = (PredictScratch::default(), PredictScratch::default(), Vec::new(), Vec::new());
     for i in 0..data.len() {
-        p.predict(data.row(i), &mut h, &mut l, &mut a);
-        from_file.predict(data.row(i), &mut h, &mut l2, &mut b);
+        p.predict(data.row(i), &mut s1, &mut a);
+        from_file.predict(data.row(i), &mut s2, &mut b);
         assert_eq!(a, b, "row {i}");
-        assert!(l.iter().zip(&l2).all(|(x, y)| x.to_bits() == y.to_bits()), "row {i} logits");
+        assert!(s1.logits().iter().zip(s2.logits()).all(|(x, y)| x.to_bits() == y.to_bits()), "row {i} logits");
     }
 }
 

@@ -51,7 +51,7 @@ impl Model {
             let h = &mut s.gate[t * ffn..(t + 1) * ffn];
             let mut rows = 2 * ffn as u64;
             if let (Criterion::Predictor, Some(p)) = (criterion, &sl.predictor) {
-                p.predict(&s.h[t * dim..(t + 1) * dim], &mut s.sp.hidden, &mut s.sp.logits, &mut s.sp.cand);
+                p.predict(&s.h[t * dim..(t + 1) * dim], &mut s.sp.predict, &mut s.sp.cand);
                 rows = 2 * s.sp.cand.len() as u64;
                 let mut next = s.sp.cand.iter().peekable();
                 for (j, v) in h.iter_mut().enumerate() {
@@ -86,7 +86,7 @@ impl Model {
         sp.coef.clear();
         let predictor = sl.predictor.as_ref().filter(|_| criterion == Criterion::Predictor);
         if let Some(p) = predictor {
-            p.predict(&s.h, &mut sp.hidden, &mut sp.logits, &mut sp.cand);
+            p.predict(&s.h, &mut sp.predict, &mut sp.cand);
             match &sl.bundle {
                 Some(b) => self.bundled_rows(b, s, sl.threshold)?,
                 None => self.candidate_rows(layer, s, sl.threshold, false)?,
@@ -206,8 +206,7 @@ pub struct SparseScratch {
     pub(super) cu: Vec<f32>,     // (cand) up rows
     pub(super) idx: Vec<u32>,    // kept neurons
     pub(super) coef: Vec<f32>,   // (idx) their h
-    pub(super) hidden: Vec<f32>, // (rank) predictor scratch
-    pub(super) logits: Vec<f32>, // (ffn_dim) predictor scratch
+    pub(super) predict: ember_predictor::lowrank::PredictScratch,
     pub(super) axpy: ember_kernels::cpu::sparse::AxpyScratch,
     pub(super) marks: Vec<bool>, // (ffn_dim) candidates by bundle position
     pub(super) pairs: Vec<u32>,  // bundle rows of the candidates: 2p, 2p + 1, …

@@ -352,7 +352,7 @@ impl Model {
         sp.cold.clear();
         let on_gpu = match predictor {
             Some(p) => {
-                p.predict(&s.h, &mut sp.hidden, &mut sp.logits, &mut sp.cand);
+                p.predict(&s.h, &mut sp.predict, &mut sp.cand);
                 for &j in &sp.cand {
                     match hot.slot[j as usize] {
                         u32::MAX => sp.cold.push(j),
