@@ -50,10 +50,15 @@ class Model:
     known model name ("smollm2-135m", "qwen2.5-coder-0.5b"); None is the default model. Known
     models are downloaded into $EMBER_HOME (default ~/.cache/ember) on first use.
     ctx: context length in tokens (default: the model's). threads: compute threads (default:
-    all cores). gpu: "auto" (the CPU until GPU backends exist), "cpu" or "none"; "cuda:N",
-    "wgpu:N" and vram raise NotImplementedError for now. profile: a sparsity profile made by
+    all cores). gpu: "auto" (the first real GPU, else the CPU), "cpu"/"none", "cuda:N", "wgpu:N"
+    or "host" (the CPU backend standing in for a GPU); a GPU that is missing or fails leaves the
+    model on the CPU with a note (`notes`). vram: the device memory the placement may use, bytes
+    or a size such as "512MiB" (default: what the device reports free, less a tenth). offload:
+    "neurons" (attention and the hottest FFN neurons on the GPU, the cold ones on the CPU at
+    the same time) or "layers" (whole layers). profile: a sparsity profile made by
     `ember profile` (default: "<model>.profile.safetensors" beside the model, when present);
-    sparsity: the share of FFN neurons to skip, overriding the profile's default (0 = dense).
+    sparsity: the share of FFN neurons to skip, overriding the profile's default (0 = dense);
+    criterion: "ffn_magnitude", "predictor" or "dense", overriding the profile's.
 
     Raises ModelNotFoundError for a missing path, EmberError for a bad model file, ValueError
     for bad numbers."""
@@ -64,8 +69,10 @@ class Model:
         *,
         vram: Union[str, int, None] = None,
         gpu: str = "auto",
+        offload: str = "neurons",
         profile: Union[str, "os.PathLike[str]", None] = None,
         sparsity: Optional[float] = None,
+        criterion: Optional[str] = None,
         threads: Optional[int] = None,
         ctx: Optional[int] = None,
     ) -> None: ...
@@ -185,6 +192,15 @@ class Model:
     @property
     def sparsity(self) -> Optional[str]:
         """The FFN sparsity setting in use, e.g. "ffn_magnitude at 30% (path)"; None when dense."""
+    @property
+    def device(self) -> str:
+        """"cpu", or the GPU's name and what the placement put there."""
+    @property
+    def gpu_bytes(self) -> int:
+        """Bytes the GPU backend holds now (weights, scratch, KV caches); 0 on the CPU."""
+    @property
+    def notes(self) -> List[str]:
+        """What opening the model decided: the device in use, or why it stays on the CPU."""
     @property
     def path(self) -> str:
         """The file or folder the model was opened from."""

@@ -9,7 +9,7 @@ use std::thread;
 
 use ember_engine::chat::Message;
 use ember_engine::eval::{self, PerplexityParams};
-use ember_engine::sparsity::SparsityOptions;
+use ember_engine::sparsity::{Criterion, SparsityOptions};
 use ember_engine::{hub, Engine, EngineOptions, Stream};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -17,7 +17,7 @@ use pyo3::types::{PyDict, PyString};
 use pyo3::IntoPyObjectExt;
 
 use crate::errors::engine_err;
-use crate::options::{check_device, type_name, whole, GenOptions};
+use crate::options::{type_name, whole, DeviceOptions, GenOptions};
 use crate::text_stream::{collect, TextStream, SLICE};
 
 /// A model opened for generation: a GGUF file, a Hugging Face folder or a known model name;
@@ -30,24 +30,35 @@ pub struct Model {
 #[pymethods]
 impl Model {
     #[new]
-    #[pyo3(signature = (path=None, *, vram=None, gpu="auto", profile=None, sparsity=None, threads=None, ctx=None))]
+    #[pyo3(signature = (path=None, *, vram=None, gpu="auto", offload="neurons", profile=None, sparsity=None, criterion=None, threads=None, ctx=None))]
     #[allow(clippy::too_many_arguments)] // Python's keyword arguments
     fn new(
         py: Python<'_>,
         path: Option<PathBuf>,
         vram: Option<&Bound<'_, PyAny>>,
         gpu: &str,
+        offload: &str,
         profile: Option<PathBuf>,
         sparsity: Option<f32>,
+        criterion: Option<&str>,
         threads: Option<&Bound<'_, PyAny>>,
         ctx: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Model> {
-        check_device(gpu, vram)?;
+        let device = DeviceOptions::read(gpu, vram, offload)?;
+        let criterion = criterion
+            .map(|c| {
+                Criterion::parse(c).ok_or_else(|| {
+                    PyValueError::new_err(format!("criterion={c:?} is not a criterion: use \"ffn_magnitude\", \"predictor\" or \"dense\""))
+                })
+            })
+            .transpose()?;
         let options = EngineOptions {
             ctx: ctx.map(|v| whole(v, "ctx")).transpose()?,
             threads: threads.map(|v| whole(v, "threads")).transpose()?,
-            sparsity: SparsityOptions { profile, sparsity, criterion: None },
-            ..Default::default()
+            sparsity: SparsityOptions { profile, sparsity, criterion },
+            gpu: device.gpu,
+            vram: device.vram,
+            offload: device.offload,
         };
         let name = match &path {
             None => None,
@@ -58,6 +69,10 @@ impl Model {
         let engine = py
             .detach(|| hub::resolve_model(name).and_then(|path| Engine::open(&path, &options)))
             .map_err(engine_err)?;
+        // The device chosen, or why the model stays on the CPU: one line each, as the CLI says it.
+        for note in &engine.notes {
+            eprintln!("ember: {note}");
+        }
         Ok(Model { engine: Arc::new(engine) })
     }
 
@@ -140,6 +155,25 @@ impl Model {
     #[getter]
     fn sparsity(&self) -> Option<String> {
         self.engine.model.sparsity().map(|s| s.describe())
+    }
+
+    /// "cpu", or the GPU's name and what the placement put there.
+    #[getter]
+    fn device(&self) -> String {
+        self.engine.device()
+    }
+
+    /// Bytes the GPU backend holds now (weights, scratch, KV caches); 0 on the CPU.
+    #[getter]
+    fn gpu_bytes(&self) -> usize {
+        self.engine.gpu_bytes()
+    }
+
+    /// What opening the model decided that a user should hear (the device in use, or why the
+    /// model stays on the CPU), also printed on stderr.
+    #[getter]
+    fn notes(&self) -> Vec<String> {
+        self.engine.notes.clone()
     }
 
     /// The file or folder the model was opened from.

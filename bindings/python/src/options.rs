@@ -4,7 +4,9 @@
 
 use ember_engine::generate::{GenerationParams, Overflow};
 use ember_engine::sampling::{Penalties, SamplingParams, Strategy};
-use pyo3::exceptions::{PyNotImplementedError, PyTypeError, PyValueError};
+use ember_engine::placement::{parse_size, Offload};
+use ember_kernels::backend::DeviceSpec;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
@@ -103,30 +105,38 @@ impl GenOptions {
     }
 }
 
-/// `Model(gpu=…, vram=…)`: only the CPU exists so far. `gpu="auto"` quietly means the CPU;
-/// asking for a GPU or a VRAM budget is a `NotImplementedError` that says so (rather than
-/// silently running on the CPU).
-pub fn check_device(gpu: &str, vram: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-    match gpu {
-        "auto" | "cpu" | "none" => {}
-        g if ["cuda", "wgpu"].iter().any(|b| g == *b || g.strip_prefix(b).is_some_and(|r| r.starts_with(':'))) => {
-            return Err(PyNotImplementedError::new_err(format!(
-                "gpu={g:?}: GPU backends are not built into Ember yet; use gpu=\"cpu\" (or \"auto\", which runs on the CPU)"
-            )))
-        }
-        g => {
-            return Err(PyValueError::new_err(format!(
-                "gpu={g:?} is not a device: use \"auto\", \"cpu\", \"none\", \"cuda:N\" or \"wgpu:N\""
-            )))
-        }
+/// What `Model(gpu=…, vram=…, offload=…)` asks of the device, read as the CLI reads
+/// `--gpu`, `--vram` and `--offload`.
+pub struct DeviceOptions {
+    pub gpu: DeviceSpec,
+    pub vram: Option<u64>,
+    pub offload: Offload,
+}
+
+impl DeviceOptions {
+    /// `gpu`: "auto", "cpu"/"none", "cuda:N", "wgpu:N" or "host"; `vram`: bytes as an int or a
+    /// size with a unit ("512MiB", "3.5GiB", "8GB"); `offload`: "neurons" or "layers".
+    pub fn read(gpu: &str, vram: Option<&Bound<'_, PyAny>>, offload: &str) -> PyResult<DeviceOptions> {
+        let gpu = gpu.parse::<DeviceSpec>().map_err(|e| PyValueError::new_err(format!("gpu={gpu:?}: {e}")))?;
+        let vram = match vram {
+            None => None,
+            Some(v) if v.is_instance_of::<PyString>() => {
+                let text: String = v.extract()?;
+                Some(parse_size(&text).map_err(|e| PyValueError::new_err(format!("vram={text:?}: {e}")))?)
+            }
+            Some(v) if v.is_instance_of::<PyInt>() && !v.is_instance_of::<PyBool>() => Some(
+                v.extract::<u64>().map_err(|_| PyValueError::new_err(format!("vram={v}: a size in bytes must be ≥ 0")))?,
+            ),
+            Some(v) => {
+                return Err(PyTypeError::new_err(format!(
+                    "`vram` must be bytes as an int or a size such as \"512MiB\", got {}",
+                    type_name(v)
+                )))
+            }
+        };
+        let offload = offload.parse::<Offload>().map_err(|e| PyValueError::new_err(format!("offload={offload:?}: {e}")))?;
+        Ok(DeviceOptions { gpu, vram, offload })
     }
-    if let Some(v) = vram {
-        return Err(PyNotImplementedError::new_err(format!(
-            "vram={}: VRAM budgets need a GPU backend, which is not implemented in Ember yet; leave `vram` unset",
-            v.repr().map(|r| r.to_string()).unwrap_or_else(|_| "…".into())
-        )));
-    }
-    Ok(())
 }
 
 /// `None` → `None`, anything else through `read`.

@@ -38,16 +38,6 @@ def test_prompt_longer_than_the_context(model_path):
     assert small.generate("Hello", temperature=0, max_tokens=4)  # still usable
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [dict(vram="1GiB"), dict(vram=4 << 30), dict(gpu="cuda:0"), dict(gpu="wgpu:1"), dict(gpu="cuda")],
-)
-def test_features_not_built_yet(model_path, kwargs):
-    with pytest.raises(NotImplementedError) as err:
-        ember.Model(model_path, **kwargs)
-    assert next(iter(kwargs)) in str(err.value)
-
-
 def test_sparsity_settings_that_cannot_run_are_errors(model_path, tmp_path):
     # No profile given and none beside the model: a sparsity cannot be calibrated.
     with pytest.raises(ValueError, match="ember profile"):
