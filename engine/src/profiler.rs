@@ -5,7 +5,9 @@
 //!    |x| (FFN input) → thresholds for each target sparsity; ReLU's exact zeros.
 //! 2. Pass 2 over the first `samples` tokens: per neuron, how often it is kept at each threshold
 //!    (hotness, skew) and, when predictors are asked for, (x, kept set) training pairs.
-//! 3. Predictors: trained per layer, calibrated for a recall on a held-out tenth of the pairs.
+//! 3. Predictors: trained per layer, calibrated for a recall on a held-out tenth of the pairs;
+//!    with several ranks to try, each layer keeps the rank whose decode step reads the fewest
+//!    bytes (the predictor's own plus the predicted neurons' rows).
 //! 4. Sweep on a held-out slice of the corpus (tokens after the calibration ones): perplexity
 //!    dense and at each setting, and decode speed of those within the perplexity budget; the
 //!    default is the fastest of them when it decodes at least 3% faster than dense, else dense.
@@ -34,6 +36,10 @@ pub struct ProfileParams {
     pub predictor_sparsity: f32,
     /// Train predictors with this configuration (`None`: none).
     pub predictors: Option<TrainConfig>,
+    /// Bottleneck widths tried per layer (empty: the configuration's `rank` alone), each
+    /// calibrated for `recall`; a layer keeps the one whose decode step reads the fewest bytes
+    /// (see [`predictor_cost`]).
+    pub ranks: Vec<usize>,
     /// Recall each predictor is calibrated for.
     pub recall: f32,
     /// Largest perplexity increase the default may cost (0.01 = +1%).
@@ -50,6 +56,7 @@ impl Default for ProfileParams {
             sparsities: (1..=9).map(|i| i as f32 / 10.0).collect(),
             predictor_sparsity: 0.5,
             predictors: None,
+            ranks: Vec::new(),
             recall: 0.95,
             ppl_budget: 0.01,
         }
@@ -99,14 +106,25 @@ pub fn profile(engine: &mut Engine, corpus: &str, corpus_name: &str, params: &Pr
     let mut predictors = vec![None; l];
     let mut summaries: Vec<Option<PredictorSummary>> = vec![None; l];
     if let (Some(cfg), Some(data)) = (&params.predictors, &pass2.data) {
+        let ranks = if params.ranks.is_empty() { vec![cfg.rank] } else { params.ranks.clone() };
         for (i, d) in data.iter().enumerate() {
             progress("predictors", i, l);
             let (train, val) = d.split(0.1);
-            let mut p = lowrank::train(&train, cfg, &mut |_, _, _| {}).map_err(|e| predictor_err(i, e))?;
-            p.calibrate(&val, params.recall).map_err(|e| predictor_err(i, e))?;
-            let m = p.evaluate(&val).map_err(|e| predictor_err(i, e))?;
+            let neuron_bytes = engine.model.sparse_neuron_bytes(i);
+            let mut best: Option<(f64, lowrank::LowRankPredictor, lowrank::Metrics)> = None;
+            for &rank in &ranks {
+                let cfg = TrainConfig { rank, ..cfg.clone() };
+                let mut p = lowrank::train(&train, &cfg, &mut |_, _, _| {}).map_err(|e| predictor_err(i, e))?;
+                p.calibrate(&val, params.recall).map_err(|e| predictor_err(i, e))?;
+                let m = p.evaluate(&val).map_err(|e| predictor_err(i, e))?;
+                let cost = predictor_cost(&p, &m, neuron_bytes);
+                if best.as_ref().is_none_or(|(c, _, _)| cost < *c) {
+                    best = Some((cost, p, m));
+                }
+            }
+            let Some((_, p, m)) = best else { continue };
             summaries[i] = Some(PredictorSummary {
-                rank: cfg.rank,
+                rank: p.rank(),
                 recall: m.recall,
                 precision: m.precision,
                 predicted_fraction: m.predicted_fraction,
@@ -147,6 +165,13 @@ pub fn profile(engine: &mut Engine, corpus: &str, corpus_name: &str, params: &Pr
     };
     sweep(engine, &mut profile, held, params, progress)?;
     Ok(profile)
+}
+
+/// Bytes a decode step reads for one layer with predictor `p`: its weights, and the rows of
+/// the neurons it predicts (`neuron_bytes` each) at its measured predicted fraction. Decode on
+/// the CPU is bound by these reads, so the cheapest predictor by this count is the fastest.
+fn predictor_cost(p: &lowrank::LowRankPredictor, m: &lowrank::Metrics, neuron_bytes: usize) -> f64 {
+    p.bytes() as f64 + f64::from(m.predicted_fraction) * (p.n_out() * neuron_bytes) as f64
 }
 
 fn predictor_err(layer: usize, e: ember_predictor::PredictorError) -> EngineError {

@@ -35,9 +35,10 @@ pub struct ProfileArgs {
     /// Train per-layer low-rank activation predictors.
     #[arg(long)]
     pub predictors: bool,
-    /// Predictor bottleneck width.
-    #[arg(long, default_value_t = 64)]
-    pub rank: usize,
+    /// Predictor bottleneck width, or `auto`: 16, 32 and 64 tried per layer, each layer keeping
+    /// the one whose decode step reads the fewest bytes (predictor and predicted rows).
+    #[arg(long, default_value = "auto", value_parser = parse_rank)]
+    pub rank: Rank,
     /// Predictor training epochs.
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
@@ -47,6 +48,27 @@ pub struct ProfileArgs {
     /// Output file (default: `<model>.profile.safetensors` beside the model).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+}
+
+/// `--rank`: one width, or several tried per layer.
+#[derive(Clone, Debug)]
+pub enum Rank {
+    Auto,
+    Fixed(usize),
+}
+
+/// Widths `--rank auto` tries.
+const AUTO_RANKS: [usize; 3] = [16, 32, 64];
+
+fn parse_rank(s: &str) -> std::result::Result<Rank, String> {
+    match s.trim() {
+        "auto" => Ok(Rank::Auto),
+        t => match t.parse::<usize>() {
+            Ok(0) => Err("a rank of 0 predicts nothing: give at least 1, or auto".into()),
+            Ok(n) => Ok(Rank::Fixed(n)),
+            Err(_) => Err(format!("'{s}' is neither a width (e.g. 64) nor auto")),
+        },
+    }
 }
 
 pub fn run(mut a: ProfileArgs) -> Result<()> {
@@ -61,7 +83,11 @@ pub fn run(mut a: ProfileArgs) -> Result<()> {
         samples: a.samples,
         heldout: a.heldout,
         ctx: window,
-        predictors: a.predictors.then(|| TrainConfig { rank: a.rank, epochs: a.epochs, ..Default::default() }),
+        predictors: a.predictors.then(|| TrainConfig { rank: AUTO_RANKS[AUTO_RANKS.len() - 1], epochs: a.epochs, ..Default::default() }),
+        ranks: match a.rank {
+            Rank::Auto => AUTO_RANKS.to_vec(),
+            Rank::Fixed(n) => vec![n],
+        },
         recall: a.recall,
         ppl_budget: a.budget,
         ..Default::default()

@@ -3,7 +3,7 @@
 //! kept neurons' rows of gate and up (when a predictor or ReLU's sign tells them in advance)
 //! and their per-neuron `down` rows are read.
 
-use ember_kernels::cpu::sparse::{axpy_rows, matvec_rows, RowsProduct};
+use ember_kernels::cpu::sparse::{axpy_rows, matvec_rows, ColumnMajor, RowsProduct};
 use ember_kernels::cpu::{needs_q8, ops, Input, Product};
 use ember_kernels::quant::q8::quantize_q8;
 use ember_predictor::Criterion;
@@ -42,6 +42,13 @@ impl Model {
             self.mask_tokens(criterion, sl, n, s);
         }
         run_group(&mut [Product { w: layer.w_down.mat(), out: &mut s.ffn_out }], &s.gate, n, &mut s.gate_q8)
+    }
+
+    /// Bytes a predicted neuron of layer `l` costs a sparse decode step: its rows of gate and
+    /// up, and its row of the per-neuron `down` copy.
+    pub(crate) fn sparse_neuron_bytes(&self, l: usize) -> usize {
+        let layer = &self.layers[l];
+        layer.w_gate.mat().row_bytes() + layer.w_up.mat().row_bytes() + ColumnMajor::bytes_per_input(self.config.dim)
     }
 
     /// Many tokens: dense products, the skipped neurons of each token zeroed before `down`.

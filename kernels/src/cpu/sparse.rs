@@ -83,6 +83,13 @@ impl ColumnMajor {
         Ok(ColumnMajor { n_inputs: cols, n_outputs: rows, padded, q, d, scale })
     }
 
+    /// Bytes one input's row takes in a copy with `n_outputs` outputs: the 8-bit values and
+    /// their block scales (what [`axpy_rows`] reads per index).
+    pub fn bytes_per_input(n_outputs: usize) -> usize {
+        let padded = n_outputs.next_multiple_of(Q8_BLOCK);
+        padded + 4 * padded / Q8_BLOCK
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.q.len() + (self.d.len() + self.scale.len()) * 4
