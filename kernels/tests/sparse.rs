@@ -53,19 +53,25 @@ fn matvec_rows_matches_reference_for_every_format() {
             let mu = MatRef::new(dtype, rows, cols, &up).unwrap();
             let mut group = [RowsProduct { w: mg, out: &mut og }, RowsProduct { w: mu, out: &mut ou }];
             matvec_rows(&mut group, &idx, Input { x: &x, q8: Some(&q8), n_tokens: 1 }).unwrap();
-            let d_a: Vec<f64> = x.chunks(32).map(|b| b.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64)) / 127.0).collect();
             for (w, out) in [(&wg, &og), (&wu, &ou)] {
-                for (o, &r) in out.iter().zip(&idx) {
-                    let wr = &w[r as usize * cols..][..cols];
-                    let want: f64 = wr.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-                    let mut tol = FLOAT_ORDER_TOL * wr.iter().zip(&x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>();
-                    if needs_q8(&mg) {
-                        tol += wr.iter().enumerate().map(|(j, &a)| a.abs() as f64 * d_a[j / 32] * (0.5 + 1e-4)).sum::<f64>();
-                    }
-                    assert!((*o as f64 - want).abs() <= tol + 1e-6, "{dtype} row {r}: got {o}, reference {want}, tol {tol:e}");
-                }
+                assert_rows_close(dtype, needs_q8(&mg), w, cols, &x, &idx, out);
             }
         }
+    }
+}
+
+/// `out[k]` against the f64 dot of row `idx[k]` of `w` (`cols` wide) with `x`, within the
+/// 8-bit input's rounding (when `q8`) and float-order slack.
+fn assert_rows_close(dtype: DType, q8: bool, w: &[f32], cols: usize, x: &[f32], idx: &[u32], out: &[f32]) {
+    let d_a: Vec<f64> = x.chunks(32).map(|b| b.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64)) / 127.0).collect();
+    for (o, &r) in out.iter().zip(idx) {
+        let wr = &w[r as usize * cols..][..cols];
+        let want: f64 = wr.iter().zip(x).map(|(&a, &b)| a as f64 * b as f64).sum();
+        let mut tol = FLOAT_ORDER_TOL * wr.iter().zip(x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum::<f64>();
+        if q8 {
+            tol += wr.iter().enumerate().map(|(j, &a)| a.abs() as f64 * d_a[j / 32] * (0.5 + 1e-4)).sum::<f64>();
+        }
+        assert!((*o as f64 - want).abs() <= tol + 1e-6, "{dtype} row {r}: got {o}, reference {want}, tol {tol:e}");
     }
 }
 
@@ -85,26 +91,67 @@ fn axpy_rows_matches_reference_for_every_format() {
             let coef = rows::random_x(idx.len(), &mut rng);
             let mut out = vec![f32::NAN; outputs];
             axpy_rows_with(kernel, &m, &idx, &coef, &mut out, &mut scratch).unwrap();
-            for (o, got) in out.iter().enumerate() {
-                let terms = idx.iter().zip(&coef).map(|(&j, &c)| (c as f64, w[o * inputs + j as usize] as f64));
-                let want: f64 = terms.clone().map(|(c, v)| c * v).sum();
-                let block = (o / 32) * 32..((o / 32 + 1) * 32).min(outputs);
-                let row_max = |r: usize| w[r * inputs..(r + 1) * inputs].iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
-                let tol: f64 = idx
-                    .iter()
-                    .zip(&coef)
-                    .map(|(&j, &c)| {
-                        let normalized = block.clone().map(|r| w[r * inputs + j as usize].abs() as f64 / row_max(r).max(1e-30));
-                        let d_w = row_max(o) * normalized.fold(0.0, f64::max) / 127.0;
-                        (c as f64).abs() * d_w * (0.5 + 1e-4)
-                    })
-                    .sum::<f64>()
-                    + FLOAT_ORDER_TOL * terms.map(|(c, v)| (c * v).abs()).sum::<f64>();
-                let got = *got as f64;
-                assert!((got - want).abs() <= tol + 1e-6, "{dtype} {kernel:?} output {o}, {} rows: got {got}, reference {want}, tol {tol:e}", idx.len());
-            }
+            assert_axpy_close(&format!("{dtype} {kernel:?}"), &w, outputs, inputs, &idx, &coef, &out);
         }
     }
+}
+
+/// `out` against the f64 `Σ_k coef[k] · W[:, idx[k]]` of `w` (`outputs × inputs`), within the
+/// 8-bit copy's rounding (per 32-output block, outputs normalized to their row maximum) and
+/// float-order slack.
+fn assert_axpy_close(what: &str, w: &[f32], outputs: usize, inputs: usize, idx: &[u32], coef: &[f32], out: &[f32]) {
+    let row_max: Vec<f64> = w.chunks_exact(inputs).map(|r| r.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64))).collect();
+    for (o, got) in out.iter().enumerate() {
+        let terms = idx.iter().zip(coef).map(|(&j, &c)| (c as f64, w[o * inputs + j as usize] as f64));
+        let want: f64 = terms.clone().map(|(c, v)| c * v).sum();
+        let block = (o / 32) * 32..((o / 32 + 1) * 32).min(outputs);
+        let tol: f64 = idx
+            .iter()
+            .zip(coef)
+            .map(|(&j, &c)| {
+                let normalized = block.clone().map(|r| w[r * inputs + j as usize].abs() as f64 / row_max[r].max(1e-30));
+                let d_w = row_max[o] * normalized.fold(0.0, f64::max) / 127.0;
+                (c as f64).abs() * d_w * (0.5 + 1e-4)
+            })
+            .sum::<f64>()
+            + FLOAT_ORDER_TOL * terms.map(|(c, v)| (c * v).abs()).sum::<f64>();
+        let got = *got as f64;
+        assert!((got - want).abs() <= tol + 1e-6, "{what} output {o}, {} rows: got {got}, reference {want}, tol {tol:e}", idx.len());
+    }
+}
+
+/// Subsets large enough to be split into several parallel tasks (each task reads at least
+/// 1 MiB of rows): the partial sums of the tasks must add up to the reference too.
+#[test]
+fn large_subsets_split_into_tasks_match_the_reference() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+    pool.install(|| {
+        let (rows, blocks) = (4096, 32); // Q4_0 rows of 1024 (576 bytes): 2.25 MiB in all
+        let (data, w) = random_mat(DType::Q4_0, rows, blocks, 77);
+        let cols = blocks * 32;
+        let mat = MatRef::new(DType::Q4_0, rows, cols, &data).unwrap();
+        let mut rng = StdRng::seed_from_u64(78);
+        let x = rows::random_x(cols, &mut rng);
+        let mut q8 = Q8Acts::default();
+        quantize_q8(&x, &mut q8);
+        let idx = subset(rows, 0.9, &mut rng);
+        let mut out = vec![f32::NAN; idx.len()];
+        matvec_rows(&mut [RowsProduct { w: mat, out: &mut out }], &idx, Input { x: &x, q8: Some(&q8), n_tokens: 1 }).unwrap();
+        assert_rows_close(DType::Q4_0, true, &w, cols, &x, &idx, &out);
+        // As `down`: 1024 outputs × 4096 inputs, 1152 bytes of the copy per input: 90% of the
+        // inputs read 4 MiB (four tasks); the rows above, 2 MiB (two).
+        let (outputs, inputs) = (1024, 4096);
+        let (data, w) = random_mat(DType::Q8_0, outputs, inputs / 32, 79);
+        let m = ColumnMajor::from_mat(MatRef::new(DType::Q8_0, outputs, inputs, &data).unwrap()).unwrap();
+        let idx = subset(inputs, 0.9, &mut rng);
+        let coef = rows::random_x(idx.len(), &mut rng);
+        let mut scratch = AxpyScratch::default();
+        for kernel in AxpyKernel::detected() {
+            let mut out = vec![f32::NAN; outputs];
+            axpy_rows_with(kernel, &m, &idx, &coef, &mut out, &mut scratch).unwrap();
+            assert_axpy_close(&format!("Q8_0 {kernel:?}"), &w, outputs, inputs, &idx, &coef, &out);
+        }
+    });
 }
 
 #[test]

@@ -178,7 +178,7 @@ pub fn axpy_rows_with(kernel: AxpyKernel, m: &ColumnMajor, idx: &[u32], coef: &[
             got: format!("{} indices, {} coefficients, out of {}", idx.len(), coef.len(), out.len()),
         });
     }
-    let tasks = (rayon::current_num_threads() * 2).min(idx.len() / AXPY_MIN_ROWS).max(1);
+    let tasks = tasks_for(idx.len(), ColumnMajor::bytes_per_input(m.n_outputs), AXPY_MIN_ROWS);
     let per_task = idx.len().div_ceil(tasks).max(1);
     let p = m.padded;
     scratch.partials.clear();
@@ -264,6 +264,19 @@ pub struct RowsProduct<'a> {
 /// its own list, so short tasks would start cold too often.
 const MIN_ROWS_PER_TASK: usize = 64;
 
+/// Fewest weight bytes a task of [`matvec_rows`] or [`axpy_rows`] reads. A decode step runs
+/// dozens of parallel regions, and each wakes the pool's sleeping threads: on the synthetic
+/// small ReLU model (about 0.5 MB of rows per product and layer) splitting made the sparse FFN
+/// slower on two threads than on one (1.03–1.11 against 0.74–0.82 ms per token).
+const MIN_TASK_BYTES: usize = 1 << 20;
+
+/// Tasks for `rows` rows of `row_bytes` bytes: two per thread, fewer when each would read
+/// under [`MIN_TASK_BYTES`] or hold under `min_rows` rows; at least one.
+fn tasks_for(rows: usize, row_bytes: usize, min_rows: usize) -> usize {
+    let by_bytes = rows.saturating_mul(row_bytes) / MIN_TASK_BYTES;
+    (rayon::current_num_threads() * 2).min(by_bytes).min(rows / min_rows.max(1)).max(1)
+}
+
 /// The products of a group (gate and up) for the same subset of rows, one token (`input.n_tokens
 /// == 1`; `input.q8` as for [`super::matmul_group`]), in one parallel region.
 pub fn matvec_rows(group: &mut [RowsProduct<'_>], rows: &[u32], input: Input<'_>) -> Result<()> {
@@ -284,7 +297,7 @@ pub fn matvec_rows(group: &mut [RowsProduct<'_>], rows: &[u32], input: Input<'_>
         let q8 = input.q8.filter(|_| needs_q8(&w)).zip(RowKernels::dot_q8(w.dtype));
         let gather = RowKernels::dot_q8_gather(w.dtype);
         let kernels = RowKernels::for_dtype(w.dtype);
-        let per_task = rows.len().div_ceil(rayon::current_num_threads() * 2).max(MIN_ROWS_PER_TASK);
+        let per_task = rows.len().div_ceil(tasks_for(rows.len(), w.row_bytes(), MIN_ROWS_PER_TASK)).max(1);
         p.out.par_chunks_mut(per_task).zip(rows.par_chunks(per_task)).for_each(|(out, rows)| match (q8, gather) {
             (Some((acts, _)), Some(gather)) => gather(w.data, w.row_bytes(), rows, acts.as_ref(), out),
             (Some((acts, dot)), None) => {
