@@ -192,12 +192,11 @@ impl Default for TrainConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct LowRankPredictor {
     dim: usize,
-    rank: usize,
-    n_out: usize,
     w1_q: Vec<i8>,      // (rank, dim)
     w1_scale: Vec<f32>, // (rank)
     b1: Vec<f32>,       // (rank)
-    /// W2 (n_out, rank) in the blocks of the integer second stage, its scales, b2.
+    /// W2 (n_out, rank) in the blocks of the integer second stage, its scales, b2; it holds
+    /// `rank` and `n_out`.
     w2: Stage2,
     /// Logit cut: neuron `j` is predicted active when `logits[j] > threshold`.
     pub threshold: f32,
@@ -551,8 +550,6 @@ impl LowRankPredictor {
         let (w2_q, w2_scale) = quantize_rows(&params[lay.w2()], lay.rank);
         LowRankPredictor {
             dim: lay.dim,
-            rank: lay.rank,
-            n_out: lay.n_out,
             w1_q,
             w1_scale,
             b1: params[lay.b1()].to_vec(),
@@ -566,11 +563,11 @@ impl LowRankPredictor {
         self.dim
     }
     pub fn rank(&self) -> usize {
-        self.rank
+        self.w2.rank
     }
     /// Number of FFN neurons predicted.
     pub fn n_out(&self) -> usize {
-        self.n_out
+        self.w2.n_out
     }
 
     /// Writes into `out` the sorted indices of the neurons with `logit > threshold`; after the
@@ -599,8 +596,8 @@ impl LowRankPredictor {
     /// integers (`crate::w2`).
     fn run(&self, kernel: PredictKernel, x: &[f32], s: &mut PredictScratch, out: Option<&mut Vec<u32>>) {
         assert_eq!(x.len(), self.dim, "predictor input has {} values, expected dim {}", x.len(), self.dim);
-        s.hidden.resize(self.rank, 0.0); // (rank)
-        s.logits.resize(self.n_out, 0.0); // (n_out)
+        s.hidden.resize(self.rank(), 0.0); // (rank)
+        s.logits.resize(self.n_out(), 0.0); // (n_out)
         self.hidden(x, &mut s.hidden);
         self.w2.run(kernel, &s.hidden, self.threshold, &mut s.stage2, &mut s.logits, out);
     }
@@ -631,10 +628,10 @@ impl LowRankPredictor {
 
     fn check_data(&self, data: &Dataset, name: &'static str) -> Result<usize> {
         let n = data.checked_len(name)?;
-        if data.dim != self.dim || data.n_out != self.n_out {
+        if data.dim != self.dim || data.n_out != self.n_out() {
             let problem = format!(
                 "dataset is dim {} × n_out {}, the predictor dim {} × n_out {}",
-                data.dim, data.n_out, self.dim, self.n_out
+                data.dim, data.n_out, self.dim, self.n_out()
             );
             return Err(param(name, problem));
         }
@@ -699,7 +696,7 @@ impl LowRankPredictor {
             )
             .reduce(|| (0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2));
         let ratio = |a: u64, b: u64, empty: f32| if b == 0 { empty } else { (a as f64 / b as f64) as f32 };
-        let cells = (n * self.n_out) as u64;
+        let cells = (n * self.n_out()) as u64;
         Ok(Metrics {
             recall: ratio(hit, active, 1.0),
             precision: ratio(hit, predicted, 1.0),
@@ -716,7 +713,7 @@ impl LowRankPredictor {
 
     /// Multiply-adds per token: `rank·dim + n_out·rank`.
     pub fn flops(&self) -> usize {
-        self.rank * self.dim + self.n_out * self.rank
+        self.rank() * self.dim + self.n_out() * self.rank()
     }
 }
 
@@ -737,7 +734,7 @@ impl LowRankPredictor {
     /// `w2.scale` F32 (n_out), `b2` F32 (n_out), `threshold` F32 (1). Little-endian bytes.
     pub fn to_tensors(&self) -> Vec<NamedTensor> {
         let i8_bytes = |q: &[i8]| q.iter().map(|&v| v as u8).collect::<Vec<u8>>();
-        let (dim, rank, n_out) = (self.dim, self.rank, self.n_out);
+        let (dim, rank, n_out) = (self.dim, self.rank(), self.n_out());
         vec![
             ("w1.q".into(), Dtype::I8, vec![rank, dim], i8_bytes(&self.w1_q)),
             ("w1.scale".into(), Dtype::F32, vec![rank], f32_bytes(&self.w1_scale)),
@@ -767,8 +764,6 @@ impl LowRankPredictor {
         }
         Ok(LowRankPredictor {
             dim,
-            rank,
-            n_out,
             w1_q,
             w1_scale: t.finite("w1.scale", rank)?,
             b1: t.finite("b1", rank)?,

@@ -37,8 +37,8 @@ pub struct ProfileArgs {
     pub predictors: bool,
     /// Predictor bottleneck width, or `auto`: 16, 32 and 64 tried per layer, each layer keeping
     /// the one whose decode step reads the fewest bytes (predictor and predicted rows).
-    #[arg(long, default_value = "auto", value_parser = parse_rank)]
-    pub rank: Rank,
+    #[arg(long, default_value = "auto", value_parser = parse_ranks)]
+    pub rank: Ranks,
     /// Predictor training epochs.
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
@@ -50,22 +50,19 @@ pub struct ProfileArgs {
     pub output: Option<PathBuf>,
 }
 
-/// `--rank`: one width, or several tried per layer.
+/// `--rank`: the widths tried per layer (one, or those of `auto`).
 #[derive(Clone, Debug)]
-pub enum Rank {
-    Auto,
-    Fixed(usize),
-}
+pub struct Ranks(Vec<usize>);
 
 /// Widths `--rank auto` tries.
 const AUTO_RANKS: [usize; 3] = [16, 32, 64];
 
-fn parse_rank(s: &str) -> std::result::Result<Rank, String> {
+fn parse_ranks(s: &str) -> std::result::Result<Ranks, String> {
     match s.trim() {
-        "auto" => Ok(Rank::Auto),
+        "auto" => Ok(Ranks(AUTO_RANKS.to_vec())),
         t => match t.parse::<usize>() {
             Ok(0) => Err("a rank of 0 predicts nothing: give at least 1, or auto".into()),
-            Ok(n) => Ok(Rank::Fixed(n)),
+            Ok(n) => Ok(Ranks(vec![n])),
             Err(_) => Err(format!("'{s}' is neither a width (e.g. 64) nor auto")),
         },
     }
@@ -83,11 +80,8 @@ pub fn run(mut a: ProfileArgs) -> Result<()> {
         samples: a.samples,
         heldout: a.heldout,
         ctx: window,
-        predictors: a.predictors.then(|| TrainConfig { rank: AUTO_RANKS[AUTO_RANKS.len() - 1], epochs: a.epochs, ..Default::default() }),
-        ranks: match a.rank {
-            Rank::Auto => AUTO_RANKS.to_vec(),
-            Rank::Fixed(n) => vec![n],
-        },
+        predictors: a.predictors.then(|| TrainConfig { epochs: a.epochs, ..Default::default() }),
+        ranks: a.rank.0,
         recall: a.recall,
         ppl_budget: a.budget,
         ..Default::default()
