@@ -11,8 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
-use ember_kernels::cpu::sparse::ColumnMajor;
-use ember_kernels::MatRef;
+use ember_kernels::cpu::columns::{columns_axpy, ColumnsScratch, QuantColumns};
+use ember_kernels::cpu::sparse::{axpy_rows, AxpyScratch, ColumnMajor};
+use ember_kernels::{DType, MatRef};
 use ember_predictor::lowrank::LowRankPredictor;
 use ember_predictor::profile::ModelShape;
 pub use ember_predictor::{Criterion, Profile};
@@ -43,11 +44,64 @@ pub struct SparseFfn {
 pub(crate) struct SparseLayer {
     /// h is kept where |h| > threshold.
     pub threshold: f32,
-    /// (ffn_dim rows of dim): the down column of the neuron at each position (the bundle's
-    /// hot order when there is a bundle, else neuron j at row j).
-    pub down_t: ColumnMajor,
+    /// `down` by neuron (one contiguous column per neuron).
+    pub down_t: DownColumns,
     pub predictor: Option<LowRankPredictor>,
     pub bundle: Option<Bundle>,
+}
+
+/// `down` stored by neuron: the model's own quants moved into columns where the format is a
+/// legacy one (exact, and no more bytes than the rows), else an 8-bit transposed copy whose
+/// rows follow the bundle's hot order when there is a bundle.
+pub(crate) enum DownColumns {
+    Native(QuantColumns),
+    Requantized(ColumnMajor),
+}
+
+impl DownColumns {
+    fn new(down: MatRef<'_>, order: &[u32]) -> Result<DownColumns> {
+        Ok(if QuantColumns::supports(down.dtype) {
+            DownColumns::Native(QuantColumns::from_mat(down)?)
+        } else {
+            DownColumns::Requantized(ColumnMajor::from_mat_ordered(down, order)?)
+        })
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            DownColumns::Native(c) => c.bytes(),
+            DownColumns::Requantized(c) => c.bytes(),
+        }
+    }
+
+    /// Bytes one neuron's column of a `down` in `dtype` with `dim` outputs costs a decode step.
+    pub fn bytes_per_neuron(dtype: DType, dim: usize) -> usize {
+        QuantColumns::bytes_per_input_of(dtype, dim).unwrap_or_else(|| ColumnMajor::bytes_per_input(dim))
+    }
+}
+
+/// Buffers of [`SparseLayer::down`].
+#[derive(Default)]
+pub struct DownScratch {
+    axpy: AxpyScratch,
+    cols: ColumnsScratch,
+    pos: Vec<u32>,
+}
+
+impl SparseLayer {
+    /// `out = Σ_k coef[k] · down[:, idx[k]]` over neurons `idx`.
+    pub(crate) fn down(&self, idx: &[u32], coef: &[f32], out: &mut [f32], s: &mut DownScratch) -> Result<()> {
+        match (&self.down_t, &self.bundle) {
+            (DownColumns::Native(c), _) => columns_axpy(c, idx, coef, out, &mut s.cols)?,
+            (DownColumns::Requantized(c), Some(b)) => {
+                s.pos.clear();
+                s.pos.extend(idx.iter().map(|&j| b.pos[j as usize]));
+                axpy_rows(c, &s.pos, coef, out, &mut s.axpy)?
+            }
+            (DownColumns::Requantized(c), None) => axpy_rows(c, idx, coef, out, &mut s.axpy)?,
+        }
+        Ok(())
+    }
 }
 
 /// Gate and up rows of every neuron side by side, hottest neuron first (PowerInfer's
@@ -58,7 +112,8 @@ pub(crate) struct Bundle {
     pub rows: Vec<u8>, // (2·ffn_dim, row_bytes): position p holds rows 2p (gate) and 2p+1 (up)
     pub dtype: ember_kernels::DType,
     pub cols: usize,
-    pub pos: Vec<u32>, // (ffn_dim): neuron j's position
+    pub pos: Vec<u32>,   // (ffn_dim): neuron j's position
+    pub order: Vec<u32>, // (ffn_dim): the neuron at position p
 }
 
 impl Bundle {
@@ -73,7 +128,7 @@ impl Bundle {
             rows.extend_from_slice(up.row(j as usize));
             pos[j as usize] = p as u32;
         }
-        Some(Bundle { rows, dtype: gate.dtype, cols: gate.cols, pos })
+        Some(Bundle { rows, dtype: gate.dtype, cols: gate.cols, pos, order: order.to_vec() })
     }
 
     pub fn mat(&self) -> MatRef<'_> {
@@ -94,7 +149,7 @@ impl SparseFfn {
         format!("{} at {:.0}% ({})", self.criterion.name(), self.sparsity * 100.0, self.profile_path.display())
     }
 
-    /// Extra bytes the setting holds (the per-neuron `down` copies and the predictors).
+    /// Extra bytes the setting holds (the per-neuron `down` copies, the bundles and the predictors).
     pub fn bytes(&self) -> usize {
         let layer = |l: &SparseLayer| {
             l.down_t.bytes() + l.predictor.as_ref().map_or(0, |p| p.bytes()) + l.bundle.as_ref().map_or(0, |b| b.rows.len())
@@ -190,7 +245,7 @@ pub(crate) fn build(profile: &Profile, path: PathBuf, criterion: Criterion, spar
             let order = if bundle.is_some() { order } else { (0..ffn as u32).collect() };
             Ok(SparseLayer {
                 threshold: profile.h_threshold(l, sparsity),
-                down_t: ColumnMajor::from_mat_ordered(m.down, &order)?,
+                down_t: DownColumns::new(m.down, &order)?,
                 predictor,
                 bundle,
             })

@@ -3,7 +3,7 @@
 //! kept neurons' rows of gate and up (when a predictor or ReLU's sign tells them in advance)
 //! and their per-neuron `down` rows are read.
 
-use ember_kernels::cpu::sparse::{axpy_rows, matvec_rows, ColumnMajor, RowsProduct};
+use ember_kernels::cpu::sparse::{matvec_rows, RowsProduct};
 use ember_kernels::cpu::{needs_q8, ops, Input, Product};
 use ember_kernels::quant::q8::quantize_q8;
 use ember_predictor::Criterion;
@@ -11,7 +11,7 @@ use ember_predictor::Criterion;
 use super::{run_group, Layer, Model, Scratch};
 use crate::config::Activation;
 use crate::error::Result;
-use crate::sparsity::{Bundle, SparseLayer};
+use crate::sparsity::{Bundle, DownColumns, DownScratch, SparseLayer};
 
 /// Sees each layer's FFN input and intermediate during a forward pass (the profiler).
 pub trait FfnObserver: Send {
@@ -45,10 +45,11 @@ impl Model {
     }
 
     /// Bytes a predicted neuron of layer `l` costs a sparse decode step: its rows of gate and
-    /// up, and its row of the per-neuron `down` copy.
+    /// up, and its column of the per-neuron `down`.
     pub(crate) fn sparse_neuron_bytes(&self, l: usize) -> usize {
         let layer = &self.layers[l];
-        layer.w_gate.mat().row_bytes() + layer.w_up.mat().row_bytes() + ColumnMajor::bytes_per_input(self.config.dim)
+        let down = DownColumns::bytes_per_neuron(layer.w_down.mat().dtype, self.config.dim);
+        layer.w_gate.mat().row_bytes() + layer.w_up.mat().row_bytes() + down
     }
 
     /// Many tokens: dense products, the skipped neurons of each token zeroed before `down`.
@@ -125,13 +126,12 @@ impl Model {
             (None, _) => 2 * ffn as u64,
         };
         s.stats.total += ffn as u64;
-        axpy_rows(&sl.down_t, &s.sp.idx, &s.sp.coef, &mut s.ffn_out, &mut s.sp.axpy)?;
+        sl.down(&s.sp.idx, &s.sp.coef, &mut s.ffn_out, &mut s.sp.down)?;
         Ok(())
     }
 
     /// h over the candidate neurons `s.sp.cand`, read from the hot-ordered bundle in position
-    /// order (both rows of a neuron in one read); `s.sp.idx` gets positions, as `down_t` is in
-    /// the bundle's order.
+    /// order (both rows of a neuron in one read).
     fn bundled_rows(&self, b: &Bundle, s: &mut Scratch, threshold: f32) -> Result<()> {
         let act = self.config.activation;
         let sp = &mut s.sp;
@@ -155,7 +155,7 @@ impl Model {
         for (gu, pair) in sp.cg.chunks_exact(2).zip(sp.pairs.chunks_exact(2)) {
             let h = activate(act, gu[0]) * gu[1];
             if h.abs() > threshold {
-                sp.idx.push(pair[0] / 2);
+                sp.idx.push(b.order[pair[0] as usize / 2]);
                 sp.coef.push(h);
             }
         }
@@ -214,7 +214,7 @@ pub struct SparseScratch {
     pub(super) idx: Vec<u32>,    // kept neurons
     pub(super) coef: Vec<f32>,   // (idx) their h
     pub(super) predict: ember_predictor::lowrank::PredictScratch,
-    pub(super) axpy: ember_kernels::cpu::sparse::AxpyScratch,
+    pub(super) down: DownScratch,
     pub(super) marks: Vec<bool>, // (ffn_dim) candidates by bundle position
     pub(super) pairs: Vec<u32>,  // bundle rows of the candidates: 2p, 2p + 1, …
     pub(super) hot_pos: Vec<u32>, // hybrid: candidates' positions in the GPU's hot list

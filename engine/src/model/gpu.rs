@@ -12,7 +12,7 @@
 use std::sync::{Arc, Mutex};
 
 use ember_kernels::backend::{AttnShape, Backend, DeviceBuffer, DeviceMat, Elementwise, GluAct};
-use ember_kernels::cpu::sparse::{axpy_rows, matvec_rows, RowsProduct};
+use ember_kernels::cpu::sparse::{matvec_rows, RowsProduct};
 use ember_kernels::cpu::{needs_q8, ops, Input, Product};
 use ember_kernels::quant::q8::quantize_q8;
 use ember_kernels::quant::quantize::quantize_row;
@@ -440,13 +440,7 @@ impl Model {
             }
         }
         match sl {
-            Some(sl) => {
-                if let Some(bundle) = &sl.bundle {
-                    // `down_t` is in the bundle's order.
-                    sp.idx.iter_mut().for_each(|j| *j = bundle.pos[*j as usize]);
-                }
-                axpy_rows(&sl.down_t, &sp.idx, &sp.coef, &mut s.ffn_out[..dim], &mut sp.axpy)?;
-            }
+            Some(sl) => sl.down(&sp.idx, &sp.coef, &mut s.ffn_out[..dim], &mut sp.down)?,
             None => {
                 s.gate.fill(0.0);
                 for (&j, &h) in sp.idx.iter().zip(&sp.coef) {

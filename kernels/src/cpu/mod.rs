@@ -2,6 +2,7 @@
 //! Parallel with rayon's global pool; SIMD chosen at run time inside the row kernels.
 
 pub mod attention;
+pub mod columns;
 pub mod matmul;
 pub mod ops;
 pub mod sparse;

@@ -8,9 +8,9 @@
 //!   transposed copy of a weight in which one input column (one neuron of `down`, or one input
 //!   channel of gate/up) is one contiguous row: skipping a zero input skips one read.
 //!
-//! The transposed copy is 8-bit (blocks of 32 with an f32 scale): the model's 4/5/6-bit blocks
+//! The transposed copy is 8-bit (blocks of 32 with an f32 scale): the k-quants' super-blocks
 //! run along the other axis and cannot be transposed as they are; 8 bits add an error far below
-//! theirs.
+//! theirs. The legacy formats move into columns without requantizing (`super::columns`).
 
 use rayon::prelude::*;
 
@@ -272,7 +272,7 @@ const MIN_TASK_BYTES: usize = 1 << 20;
 
 /// Tasks for `rows` rows of `row_bytes` bytes: two per thread, fewer when each would read
 /// under [`MIN_TASK_BYTES`] or hold under `min_rows` rows; at least one.
-fn tasks_for(rows: usize, row_bytes: usize, min_rows: usize) -> usize {
+pub(crate) fn tasks_for(rows: usize, row_bytes: usize, min_rows: usize) -> usize {
     let by_bytes = rows.saturating_mul(row_bytes) / MIN_TASK_BYTES;
     (rayon::current_num_threads() * 2).min(by_bytes).min(rows / min_rows.max(1)).max(1)
 }
