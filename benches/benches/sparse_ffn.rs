@@ -3,6 +3,8 @@
 //! neurons active:
 //!
 //! - `axpy_<active>/<kernel>`: `down` over the active neurons, from the transposed 8-bit copy;
+//! - `columns_<active>/<kernel>`: the same from a Q4_0 `down`'s own quants moved into columns
+//!   (`ember_kernels::cpu::columns`);
 //! - `gather_<active>/<kernel>`: gate and up rows of the active neurons (Q4_0), side by side as
 //!   in the hot-ordered bundle.
 //!
@@ -11,6 +13,7 @@
 //! weight elements read. Run: `cargo bench -p ember-benches --bench sparse_ffn`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use ember_kernels::cpu::columns::{columns_axpy_with, ColumnsKernel, ColumnsScratch, QuantColumns};
 use ember_kernels::cpu::sparse::{axpy_rows_with, AxpyKernel, AxpyScratch, ColumnMajor};
 use ember_kernels::quant::q8::{quantize_q8, Q8Acts};
 use ember_kernels::quant::{DType, RowKernels};
@@ -49,20 +52,49 @@ fn axpy(c: &mut Criterion) {
             ColumnMajor::from_mat(MatRef::new(DType::F32, DIM, FFN, &down).expect("shape")).expect("copy")
         })
         .collect();
+    let mut scratch = AxpyScratch::default();
+    down_groups(c, "axpy", &copies, AxpyKernel::detected(), &mut rng, |k, m, idx, coef, out| {
+        axpy_rows_with(k, m, idx, coef, out, &mut scratch).expect("axpy")
+    });
+}
+
+fn columns(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(3);
+    let mats: Vec<QuantColumns> = (0..LAYERS)
+        .map(|_| {
+            let down = random_q4_0(DIM, FFN, &mut rng);
+            QuantColumns::from_mat(MatRef::new(DType::Q4_0, DIM, FFN, &down).expect("shape")).expect("columns")
+        })
+        .collect();
+    let mut scratch = ColumnsScratch::default();
+    down_groups(c, "columns", &mats, ColumnsKernel::detected(), &mut rng, |k, m, idx, coef, out| {
+        columns_axpy_with(k, m, idx, coef, out, &mut scratch).expect("columns")
+    });
+}
+
+/// One group per active fraction, one function per kernel: `run(kernel, layer's matrix, active
+/// neurons, their coefficients, out)` on the next layer each iteration, on one thread.
+fn down_groups<M: Sync, K: std::fmt::Debug + Copy + Send + Sync>(
+    c: &mut Criterion,
+    name: &str,
+    mats: &[M],
+    kernels: Vec<K>,
+    rng: &mut StdRng,
+    mut run: impl FnMut(K, &M, &[u32], &[f32], &mut [f32]) + Send,
+) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
     for fraction in ACTIVE {
-        let idx = active(FFN, fraction, &mut rng);
+        let idx = active(FFN, fraction, rng);
         let coef: Vec<f32> = idx.iter().map(|_| rng.gen_range(-1.0f32..1.0)).collect();
         let mut out = vec![0f32; DIM];
-        let mut scratch = AxpyScratch::default();
-        let mut group = c.benchmark_group(format!("axpy_{:.0}%", fraction * 100.0));
+        let mut group = c.benchmark_group(format!("{name}_{:.0}%", fraction * 100.0));
         group.throughput(Throughput::Elements((idx.len() * DIM) as u64));
-        for kernel in AxpyKernel::detected() {
+        for &kernel in &kernels {
             let mut layer = 0;
             group.bench_function(format!("{kernel:?}"), |b| {
                 b.iter(|| {
-                    layer = (layer + 1) % LAYERS;
-                    pool.install(|| axpy_rows_with(kernel, &copies[layer], black_box(&idx), &coef, &mut out, &mut scratch)).expect("axpy");
+                    layer = (layer + 1) % mats.len();
+                    pool.install(|| run(kernel, &mats[layer], black_box(&idx), &coef, &mut out));
                 })
             });
         }
@@ -95,5 +127,5 @@ fn gather(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, axpy, gather);
+criterion_group!(benches, axpy, columns, gather);
 criterion_main!(benches);

@@ -30,7 +30,7 @@ const PREFETCH_BYTES: usize = 512;
 /// Fewest column bytes a task reads. Tasks split the outputs, so each reads its share of every
 /// column and nothing is merged; the product follows gate and up, whose parallel region has just
 /// woken the pool (SmolLM2's `down` at 30% sparsity, about 0.4 MB a layer, 2 threads: FFN 6.0
-/// ms per token on one task, see the commit for the split figures).
+/// ms per token on one task, 5.7 split in two).
 const MIN_TASK_BYTES: usize = 128 << 10;
 
 /// How a column's quants are packed.
