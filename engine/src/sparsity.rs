@@ -64,27 +64,12 @@ impl DownColumns {
     /// sparsity (a ReLU model's 90%) costs as much as the 8-bit copy's per-neuron scales; that
     /// copy, in the bundle's hot order, then keeps a token's neurons close together.
     fn new(down: MatRef<'_>, order: &[u32], kept: f64) -> Result<DownColumns> {
-        let dim = down.rows;
-        let native = QuantColumns::bytes_per_input_of(down.dtype, dim).map(|per_input| {
-            let quants = per_input - Self::scale_bytes(down.dtype, dim);
-            let block_kept = 1.0 - (1.0 - kept).powi(32);
-            kept * quants as f64 + block_kept * Self::scale_bytes(down.dtype, dim) as f64
-        });
-        let copy = kept * ColumnMajor::bytes_per_input(dim) as f64;
+        let native = QuantColumns::bytes_read_per_input(down.dtype, down.rows, kept);
+        let copy = kept * ColumnMajor::bytes_per_input(down.rows) as f64;
         Ok(match native {
             Some(native) if native <= NATIVE_SHARE * copy => DownColumns::Native(QuantColumns::from_mat(down)?),
             _ => DownColumns::Requantized(ColumnMajor::from_mat_ordered(down, order)?),
         })
-    }
-
-    /// A block's scales per input, as [`QuantColumns::bytes_per_input_of`] counts them.
-    fn scale_bytes(dtype: DType, dim: usize) -> usize {
-        let groups_pair = dim.div_ceil(64) * 2;
-        match dtype {
-            DType::Q4_1 | DType::Q5_1 => groups_pair * 4,
-            DType::Q8_0 => dim.div_ceil(32) * 2,
-            _ => groups_pair * 2,
-        }
     }
 
     pub fn bytes(&self) -> usize {
@@ -256,9 +241,9 @@ pub(crate) fn build(profile: &Profile, path: PathBuf, criterion: Criterion, spar
                 Criterion::Predictor => profile.predictors[l].clone(),
                 _ => None,
             };
+            let freq = &profile.frequency[l * ffn..(l + 1) * ffn];
             let (order, bundle) = match predictor {
                 Some(_) => {
-                    let freq = &profile.frequency[l * ffn..(l + 1) * ffn];
                     let mut order: Vec<u32> = (0..ffn as u32).collect();
                     order.sort_by(|&a, &b| freq[b as usize].total_cmp(&freq[a as usize]).then(a.cmp(&b)));
                     let bundle = Bundle::new(m.gate, m.up, &order);
@@ -269,10 +254,11 @@ pub(crate) fn build(profile: &Profile, path: PathBuf, criterion: Criterion, spar
             let order = if bundle.is_some() { order } else { (0..ffn as u32).collect() };
             // Neurons a token keeps: 1 - sparsity, or fewer where the predictor's active sets
             // are smaller (a ReLU model's natural zeros).
-            let freq = &profile.frequency[l * ffn..(l + 1) * ffn];
-            let active = freq.iter().map(|&f| f as f64).sum::<f64>() / ffn.max(1) as f64;
             let kept = match criterion {
-                Criterion::Predictor => active.min(1.0 - sparsity as f64),
+                Criterion::Predictor => {
+                    let active = freq.iter().map(|&f| f as f64).sum::<f64>() / ffn.max(1) as f64;
+                    active.min(1.0 - sparsity as f64)
+                }
                 _ => 1.0 - sparsity as f64,
             };
             Ok(SparseLayer {

@@ -51,6 +51,15 @@ fn assert_close(what: &str, w: &[f32], inputs: usize, idx: &[u32], coef: &[f32],
     }
 }
 
+/// `columns_axpy_with` on every body this CPU runs, each against the reference.
+fn check_every_kernel(what: &str, m: &QuantColumns, w: &[f32], idx: &[u32], coef: &[f32], scratch: &mut ColumnsScratch) {
+    for kernel in ColumnsKernel::detected() {
+        let mut out = vec![f32::NAN; m.n_outputs];
+        columns_axpy_with(kernel, m, idx, coef, &mut out, scratch).unwrap();
+        assert_close(&format!("{what} {kernel:?}"), w, m.n_inputs, idx, coef, &out);
+    }
+}
+
 #[test]
 fn column_layout_holds_the_models_weights_exactly() {
     for (k, dtype) in FORMATS.into_iter().enumerate() {
@@ -83,11 +92,7 @@ fn columns_axpy_matches_reference_for_every_legacy_format() {
             for fraction in [0.0, 0.02, 0.3, 0.7, 1.0] {
                 let idx: Vec<u32> = (0..inputs as u32).filter(|_| rng.gen_bool(fraction)).collect();
                 let coef = rows::random_x(idx.len(), &mut rng);
-                for kernel in ColumnsKernel::detected() {
-                    let mut out = vec![f32::NAN; outputs];
-                    columns_axpy_with(kernel, &m, &idx, &coef, &mut out, &mut scratch).unwrap();
-                    assert_close(&format!("{dtype} {kernel:?} {outputs} outputs"), &w, inputs, &idx, &coef, &out);
-                }
+                check_every_kernel(&format!("{dtype} {outputs} outputs"), &m, &w, &idx, &coef, &mut scratch);
             }
         }
     }
@@ -104,12 +109,7 @@ fn unsorted_and_repeated_indices_are_summed_as_given() {
     idx.extend([5, 5, 100]);
     idx.shuffle(&mut rng);
     let coef = rows::random_x(idx.len(), &mut rng);
-    let mut scratch = ColumnsScratch::default();
-    for kernel in ColumnsKernel::detected() {
-        let mut out = vec![f32::NAN; outputs];
-        columns_axpy_with(kernel, &m, &idx, &coef, &mut out, &mut scratch).unwrap();
-        assert_close(&format!("unsorted {kernel:?}"), &w, inputs, &idx, &coef, &out);
-    }
+    check_every_kernel("unsorted", &m, &w, &idx, &coef, &mut ColumnsScratch::default());
 }
 
 /// Enough columns that the product is split into tasks over output groups (a task reads at
@@ -162,10 +162,6 @@ fn largest_quants_do_not_overflow() {
         let m = QuantColumns::from_mat(MatRef::new(dtype, outputs, inputs, &data).unwrap()).unwrap();
         let idx: Vec<u32> = (0..inputs as u32).collect();
         let coef = vec![1.0f32; inputs];
-        for kernel in ColumnsKernel::detected() {
-            let mut out = vec![f32::NAN; outputs];
-            columns_axpy_with(kernel, &m, &idx, &coef, &mut out, &mut ColumnsScratch::default()).unwrap();
-            assert_close(&format!("largest {dtype} {kernel:?}"), &w, inputs, &idx, &coef, &out);
-        }
+        check_every_kernel(&format!("largest {dtype}"), &m, &w, &idx, &coef, &mut ColumnsScratch::default());
     }
 }

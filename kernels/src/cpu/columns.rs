@@ -47,6 +47,14 @@ enum Bits {
 }
 
 impl Bits {
+    /// Groups of 32 outputs a column of `n_outputs` holds (in pairs for 4 and 5 bits).
+    fn groups(self, n_outputs: usize) -> usize {
+        match self {
+            Bits::Eight => n_outputs.div_ceil(QK),
+            _ => n_outputs.div_ceil(2 * QK) * 2,
+        }
+    }
+
     fn group_bytes(self) -> usize {
         match self {
             Bits::Four => 16,
@@ -61,7 +69,6 @@ impl Bits {
 pub struct QuantColumns {
     pub n_inputs: usize,
     pub n_outputs: usize,
-    pub dtype: DType,
     bits: Bits,
     offset: f32,      // added to every quant before `d` (Q4_0: -8, Q5_0: -16)
     groups: usize,    // n_outputs / 32, rounded up
@@ -96,10 +103,7 @@ impl QuantColumns {
                 got: format!("{} bytes", w.data.len()),
             });
         }
-        let groups = match bits {
-            Bits::Eight => rows.div_ceil(QK),
-            _ => rows.div_ceil(2 * QK) * 2,
-        };
+        let groups = bits.groups(rows);
         let padded = groups * QK;
         let col_bytes = groups * bits.group_bytes();
         let nb = cols / QK;
@@ -142,27 +146,37 @@ impl QuantColumns {
                 }
             }
         }
-        Ok(QuantColumns { n_inputs: cols, n_outputs: rows, dtype: w.dtype, bits, offset, groups, col_bytes, q, d, m })
-    }
-
-    /// Bytes one input's column takes (its quants; the block scales are read once per block).
-    pub fn bytes_per_input(&self) -> usize {
-        self.col_bytes
+        Ok(QuantColumns { n_inputs: cols, n_outputs: rows, bits, offset, groups, col_bytes, q, d, m })
     }
 
     /// Bytes a column of a `dtype` matrix with `n_outputs` outputs takes, with its share of the
     /// block scales (what a product reads per input when most inputs of a block are kept).
     pub fn bytes_per_input_of(dtype: DType, n_outputs: usize) -> Option<usize> {
-        let (gb, scales) = match dtype {
-            DType::Q4_0 => (16, 2),
-            DType::Q4_1 => (16, 4),
-            DType::Q5_0 => (20, 2),
-            DType::Q5_1 => (20, 4),
-            DType::Q8_0 => (32, 2),
+        Self::column_bytes(dtype, n_outputs).map(|(quants, scales)| quants + scales)
+    }
+
+    /// Bytes a product reads per input on average when it takes about `kept` of the inputs,
+    /// scattered: the kept columns' quants, and every block's scales for all outputs where the
+    /// block holds a kept input.
+    pub fn bytes_read_per_input(dtype: DType, n_outputs: usize, kept: f64) -> Option<f64> {
+        let (quants, scales) = Self::column_bytes(dtype, n_outputs)?;
+        let block_kept = 1.0 - (1.0 - kept).powi(QK as i32);
+        Some(kept * quants as f64 + block_kept * scales as f64)
+    }
+
+    /// (quant bytes of one column, its share of the block scales) for a `dtype` matrix with
+    /// `n_outputs` outputs, as [`QuantColumns::from_mat`] lays them out.
+    fn column_bytes(dtype: DType, n_outputs: usize) -> Option<(usize, usize)> {
+        let (bits, scale_bytes) = match dtype {
+            DType::Q4_0 => (Bits::Four, 2),
+            DType::Q4_1 => (Bits::Four, 4),
+            DType::Q5_0 => (Bits::Five, 2),
+            DType::Q5_1 => (Bits::Five, 4),
+            DType::Q8_0 => (Bits::Eight, 2),
             _ => return None,
         };
-        let groups = if gb == 32 { n_outputs.div_ceil(QK) } else { n_outputs.div_ceil(2 * QK) * 2 };
-        Some(groups * gb + groups * scales)
+        let groups = bits.groups(n_outputs);
+        Some((groups * bits.group_bytes(), groups * scale_bytes))
     }
 
     /// Bytes held.
@@ -301,16 +315,7 @@ pub fn columns_axpy_with(kernel: ColumnsKernel, m: &QuantColumns, idx: &[u32], c
             let next = if e < idx.len() { run_end(e) } else { e };
             m.prefetch_columns(&idx[e..next], g0, y.len() / QK);
             let block = Block { b, idx: &idx[i..e], coef: &coef[i..e], sum: coef[i..e].iter().sum() };
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: `has_avx2` confirmed AVX2, FMA and F16C; indices were checked above;
-                // `y` holds whole groups `g0..` of the padded outputs.
-                unsafe { x86::block(m, &block, g0, y) };
-                (i, e) = (e, next);
-                continue;
-            }
-            let _ = avx2;
-            block_portable(m, &block, g0, y);
+            add_block(avx2, m, &block, g0, y);
             (i, e) = (e, next);
         }
     });
@@ -326,7 +331,20 @@ struct Block<'a> {
     sum: f32,
 }
 
-/// Adds one block's columns into groups `g0..` of the outputs (`y` holds those groups).
+/// Adds one block's columns into groups `g0..` of the outputs (`y` holds whole groups, pairs of
+/// them for 4 and 5 bits), with the AVX2 body when `avx2` (checked present by the caller).
+fn add_block(avx2: bool, m: &QuantColumns, blk: &Block<'_>, g0: usize, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `has_avx2` confirmed AVX2, FMA and F16C; indices were checked by
+        // `columns_axpy_with`; `y` holds whole groups `g0..` of the padded outputs.
+        return unsafe { x86::block(m, blk, g0, y) };
+    }
+    let _ = avx2;
+    block_portable(m, blk, g0, y);
+}
+
+/// [`add_block`] on any CPU.
 fn block_portable(m: &QuantColumns, blk: &Block<'_>, g0: usize, y: &mut [f32]) {
     let padded = m.groups * QK;
     for (gl, yg) in y.chunks_exact_mut(QK).enumerate() {

@@ -272,7 +272,7 @@ const MIN_TASK_BYTES: usize = 1 << 20;
 
 /// Tasks for `rows` rows of `row_bytes` bytes: two per thread, fewer when each would read
 /// under [`MIN_TASK_BYTES`] or hold under `min_rows` rows; at least one.
-pub(crate) fn tasks_for(rows: usize, row_bytes: usize, min_rows: usize) -> usize {
+fn tasks_for(rows: usize, row_bytes: usize, min_rows: usize) -> usize {
     let by_bytes = rows.saturating_mul(row_bytes) / MIN_TASK_BYTES;
     (rayon::current_num_threads() * 2).min(by_bytes).min(rows / min_rows.max(1)).max(1)
 }
