@@ -243,7 +243,7 @@ const TIMED_REPS: usize = 3;
 fn sweep(engine: &mut Engine, profile: &mut Profile, held: &[u32], params: &ProfileParams, progress: Progress<'_>) -> Result<()> {
     let path = std::path::PathBuf::from("(profile being made)");
     let ppl_params = PerplexityParams { ctx: params.ctx, windows: None, chunk: 128 };
-    let mut criteria = vec![Criterion::FfnMagnitude];
+    let mut criteria = vec![Criterion::FfnMagnitude, Criterion::Input];
     if profile.predictors.iter().all(Option::is_some) && !profile.predictors.is_empty() {
         criteria.push(Criterion::Predictor);
     }

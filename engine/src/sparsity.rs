@@ -4,10 +4,12 @@
 //! A setting is a [`Criterion`] and a target sparsity. The profile gives each layer its |h|
 //! threshold for that sparsity (calibrated on a corpus, as CATS does for the gate and TEAL for
 //! inputs; here on h = act(gate·x) ⊙ (up·x), which loses far less) and, for
-//! [`Criterion::Predictor`], a trained low-rank predictor. Building a setting makes the
-//! per-neuron copy of each layer's `down` (one contiguous row per neuron) the sparse decode step
-//! reads; prefill keeps the dense products and zeroes the skipped neurons, which gives the same
-//! result.
+//! [`Criterion::Predictor`], a trained low-rank predictor; [`Criterion::Input`] (TEAL) also
+//! skips the FFN input's small channels, with the layer's |x| threshold. Building a setting makes
+//! the per-neuron copy of each layer's `down` (one contiguous column per neuron), and for
+//! `Input` of gate and up (one column per input channel), that the sparse decode step reads;
+//! prefill keeps the dense products and zeroes the skipped neurons and channels, which gives the
+//! same result.
 
 use std::path::{Path, PathBuf};
 
@@ -44,39 +46,61 @@ pub struct SparseFfn {
 pub(crate) struct SparseLayer {
     /// h is kept where |h| > threshold.
     pub threshold: f32,
-    /// `down` by neuron (one contiguous column per neuron).
-    pub down_t: DownColumns,
+    /// [`Criterion::Input`]: the FFN input's channel i is kept where |x_i| > x_threshold
+    /// (0 for the other criteria: every channel).
+    pub x_threshold: f32,
+    /// [`Criterion::Input`]: gate and up by input channel; `None` where columns would read no
+    /// fewer bytes than the dense products (which then run over the zeroed input).
+    pub gate_up_t: Option<[Columns; 2]>,
+    /// `down` by neuron (one contiguous column per neuron); `None` where no column layout
+    /// reads fewer bytes than the dense product (which then runs over h with the skipped
+    /// neurons zero).
+    pub down_t: Option<Columns>,
     pub predictor: Option<LowRankPredictor>,
     pub bundle: Option<Bundle>,
 }
 
-/// `down` stored by neuron: the model's own quants moved into columns where the format is a
-/// legacy one (exact, and no more bytes than the rows), else an 8-bit transposed copy whose
-/// rows follow the bundle's hot order when there is a bundle.
-pub(crate) enum DownColumns {
+/// A matrix stored by input column (`down` by neuron, gate and up by input channel): the
+/// model's own quants moved into columns where the format is a legacy one (exact, and no more
+/// bytes than the rows), else an 8-bit transposed copy whose rows follow the bundle's hot order
+/// when there is a bundle.
+pub(crate) enum Columns {
     Native(QuantColumns),
     Requantized(ColumnMajor),
 }
 
-impl DownColumns {
-    /// The layout that reads fewer bytes when a token keeps about `kept` of the neurons: the
+impl Columns {
+    /// The layout that reads fewer bytes when a token keeps about `kept` of the inputs: the
     /// model's own columns read every kept block's scales for all outputs, which at high
-    /// sparsity (a ReLU model's 90%) costs as much as the 8-bit copy's per-neuron scales; that
+    /// sparsity (a ReLU model's 90%) costs as much as the 8-bit copy's per-input scales; that
     /// copy, in the bundle's hot order, then keeps a token's neurons close together.
-    fn new(down: MatRef<'_>, order: &[u32], kept: f64) -> Result<DownColumns> {
-        let native = QuantColumns::bytes_read_per_input(down.dtype, down.rows, kept);
-        let copy = kept * ColumnMajor::bytes_per_input(down.rows) as f64;
+    /// `None` when neither reads under [`DENSE_SHARE`] of the dense product's bytes.
+    fn new(w: MatRef<'_>, order: &[u32], kept: f64) -> Result<Option<Columns>> {
+        let native = QuantColumns::bytes_read_per_input(w.dtype, w.rows, kept);
+        let copy = kept * ColumnMajor::bytes_per_input(w.rows) as f64;
+        let dense = w.data.len() as f64 / w.cols.max(1) as f64;
         Ok(match native {
-            Some(native) if native <= NATIVE_SHARE * copy => DownColumns::Native(QuantColumns::from_mat(down)?),
-            _ => DownColumns::Requantized(ColumnMajor::from_mat_ordered(down, order)?),
+            Some(native) if native <= NATIVE_SHARE * copy => {
+                (native <= DENSE_SHARE * dense).then(|| QuantColumns::from_mat(w).map(Columns::Native)).transpose()?
+            }
+            _ => (copy <= DENSE_SHARE * dense).then(|| ColumnMajor::from_mat_ordered(w, order).map(Columns::Requantized)).transpose()?,
         })
     }
 
     pub fn bytes(&self) -> usize {
         match self {
-            DownColumns::Native(c) => c.bytes(),
-            DownColumns::Requantized(c) => c.bytes(),
+            Columns::Native(c) => c.bytes(),
+            Columns::Requantized(c) => c.bytes(),
         }
+    }
+
+    /// `out = Σ_k coef[k] · W[:, idx[k]]`; `idx` are input positions (in the copy's order).
+    fn axpy(&self, idx: &[u32], coef: &[f32], out: &mut [f32], s: &mut DownScratch) -> Result<()> {
+        match self {
+            Columns::Native(c) => columns_axpy(c, idx, coef, out, &mut s.cols)?,
+            Columns::Requantized(c) => axpy_rows(c, idx, coef, out, &mut s.axpy)?,
+        }
+        Ok(())
     }
 
     /// Bytes one neuron's column of a `down` in `dtype` with `dim` outputs costs a decode step.
@@ -89,6 +113,14 @@ impl DownColumns {
 /// (their kernel also adds each block's scales, which the copy folds into its per-neuron ones).
 const NATIVE_SHARE: f64 = 0.75;
 
+/// Columns are used when they read at most this share of the dense product's bytes: adding
+/// scattered columns costs more per byte than the dense row dots, most for gate and up's shape
+/// (many outputs, few inputs). Measured on a 2-core AVX2 guest, 1 thread, FFN ms per token with
+/// columns forced: SmolLM2's Q4_1 `down` at 70% of its neurons (0.84 of the dense bytes) 6.5–7.2
+/// against 6.1–6.7 dense; Qwen2.5-Coder's Q5_0 gate and up at 50% of their inputs (0.55 of the
+/// bytes) with `down` from the 8-bit copy 32.1 against 26.6–28.7 dense.
+const DENSE_SHARE: f64 = 0.5;
+
 /// Buffers of [`SparseLayer::down`].
 #[derive(Default)]
 pub struct DownScratch {
@@ -98,18 +130,28 @@ pub struct DownScratch {
 }
 
 impl SparseLayer {
-    /// `out = Σ_k coef[k] · down[:, idx[k]]` over neurons `idx`.
-    pub(crate) fn down(&self, idx: &[u32], coef: &[f32], out: &mut [f32], s: &mut DownScratch) -> Result<()> {
+    /// `out = Σ_k coef[k] · down[:, idx[k]]` over neurons `idx`; false (nothing done) when the
+    /// setting holds no columns of `down`.
+    pub(crate) fn down(&self, idx: &[u32], coef: &[f32], out: &mut [f32], s: &mut DownScratch) -> Result<bool> {
         match (&self.down_t, &self.bundle) {
-            (DownColumns::Native(c), _) => columns_axpy(c, idx, coef, out, &mut s.cols)?,
-            (DownColumns::Requantized(c), Some(b)) => {
+            (None, _) => return Ok(false),
+            (Some(Columns::Requantized(c)), Some(b)) => {
                 s.pos.clear();
                 s.pos.extend(idx.iter().map(|&j| b.pos[j as usize]));
                 axpy_rows(c, &s.pos, coef, out, &mut s.axpy)?
             }
-            (DownColumns::Requantized(c), None) => axpy_rows(c, idx, coef, out, &mut s.axpy)?,
+            (Some(down), _) => down.axpy(idx, coef, out, s)?,
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// [`Criterion::Input`]: gate·x and up·x over the input channels `idx` (values `coef`), into
+    /// `gate` and `up`; false when the setting holds no gate/up columns.
+    pub(crate) fn gate_up(&self, idx: &[u32], coef: &[f32], gate: &mut [f32], up: &mut [f32], s: &mut DownScratch) -> Result<bool> {
+        let Some([g, u]) = &self.gate_up_t else { return Ok(false) };
+        g.axpy(idx, coef, gate, s)?;
+        u.axpy(idx, coef, up, s)?;
+        Ok(true)
     }
 }
 
@@ -153,15 +195,29 @@ pub(crate) struct FfnMats<'a> {
 }
 
 impl SparseFfn {
-    /// One line for logs: criterion, sparsity, profile.
+    /// One line for logs: criterion, sparsity, profile, and the layers whose sparse decode
+    /// reads columns (the others run the dense products over the zeroed inputs).
     pub fn describe(&self) -> String {
-        format!("{} at {:.0}% ({})", self.criterion.name(), self.sparsity * 100.0, self.profile_path.display())
+        let (gate_up, down) = self.layers_with_columns();
+        let n = self.layers.len();
+        let cols = match self.criterion {
+            Criterion::Input => format!("gate/up by column in {gate_up} of {n} layers, down in {down}"),
+            _ => format!("down by neuron in {down} of {n} layers"),
+        };
+        format!("{} at {:.0}% ({}; {cols})", self.criterion.name(), self.sparsity * 100.0, self.profile_path.display())
     }
 
-    /// Extra bytes the setting holds (the per-neuron `down` copies, the bundles and the predictors).
+    /// Layers whose decode reads gate and up by column, and `down` by neuron.
+    pub fn layers_with_columns(&self) -> (usize, usize) {
+        let gate_up = self.layers.iter().filter(|l| l.gate_up_t.is_some()).count();
+        (gate_up, self.layers.iter().filter(|l| l.down_t.is_some()).count())
+    }
+
+    /// Extra bytes the setting holds (the per-neuron `down` copies, the gate/up columns, the
+    /// bundles and the predictors).
     pub fn bytes(&self) -> usize {
         let layer = |l: &SparseLayer| {
-            l.down_t.bytes() + l.predictor.as_ref().map_or(0, |p| p.bytes()) + l.bundle.as_ref().map_or(0, |b| b.rows.len())
+            l.down_t.as_ref().map_or(0, Columns::bytes) + l.gate_up_t.as_ref().map_or(0, |[g, u]| g.bytes() + u.bytes()) + l.predictor.as_ref().map_or(0, |p| p.bytes()) + l.bundle.as_ref().map_or(0, |b| b.rows.len())
         };
         self.layers.iter().map(layer).sum()
     }
@@ -230,7 +286,7 @@ pub fn resolve(model_path: &Path, config: &ModelConfig, options: &SparsityOption
 }
 
 /// Builds the runtime setting: per-layer thresholds, the per-neuron `down` copies and, for
-/// the predictor, the hot-ordered gate/up bundles.
+/// the predictor, the hot-ordered gate/up bundles, for the input criterion gate and up by column.
 pub(crate) fn build(profile: &Profile, path: PathBuf, criterion: Criterion, sparsity: f32, mats: &[FfnMats<'_>]) -> Result<SparseFfn> {
     let ffn = profile.meta.model.ffn_dim;
     let layers = mats
@@ -261,9 +317,23 @@ pub(crate) fn build(profile: &Profile, path: PathBuf, criterion: Criterion, spar
                 }
                 _ => 1.0 - sparsity as f64,
             };
+            let (x_threshold, gate_up_t) = match criterion {
+                Criterion::Input => {
+                    let channels: Vec<u32> = (0..m.gate.cols as u32).collect();
+                    let cols = |w| Columns::new(w, &channels, 1.0 - sparsity as f64);
+                    let gate_up = match (cols(m.gate)?, cols(m.up)?) {
+                        (Some(g), Some(u)) => Some([g, u]),
+                        _ => None,
+                    };
+                    (profile.x_threshold(l, sparsity), gate_up)
+                }
+                _ => (0.0, None),
+            };
             Ok(SparseLayer {
                 threshold: profile.h_threshold(l, sparsity),
-                down_t: DownColumns::new(m.down, &order, kept)?,
+                x_threshold,
+                gate_up_t,
+                down_t: Columns::new(m.down, &order, kept)?,
                 predictor,
                 bundle,
             })
@@ -278,7 +348,8 @@ pub(crate) fn build(profile: &Profile, path: PathBuf, criterion: Criterion, spar
 pub struct SparsityStats {
     /// Neurons whose contribution went into `down`.
     pub kept: u64,
-    /// Rows of gate and up computed (dense: 2 per neuron).
+    /// Rows of gate and up computed (dense: 2 per neuron); for [`Criterion::Input`], the kept
+    /// input channels' share of them.
     pub gate_up_rows: u64,
     /// Neurons in all FFN evaluations (tokens × layers × ffn_dim).
     pub total: u64,

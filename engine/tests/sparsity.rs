@@ -31,6 +31,10 @@ const MAX_PREDICTED_OVER_ACTIVE: f32 = 3.0;
 /// Sparse decode on ReLU zeros skips only neurons whose h is exactly 0; the logits differ from
 /// dense only by the 8-bit per-neuron copy of `down` (measured max 0.004 on logits of spread ~1).
 const EXACT_SPARSE_TOL: f32 = 0.03;
+/// The input criterion's decode (gate and up by column with the f32 coefficients, `down` from
+/// the 8-bit copy) against its prefill (dense products over the zeroed channels with 8-bit
+/// activations) on the synthetic model, logits of spread ~1.
+const INPUT_DECODE_TOL: f32 = 0.1;
 /// Sparse decode (per-neuron `down`) against the masked prefill (dense `down` over zeroed h)
 /// of the same setting: the kernels differ as decode and prefill do (dense decode vs dense
 /// prefill on a WikiText sentence: max 1.46, mean 0.157), and neurons whose |h| sits at the
@@ -40,6 +44,9 @@ const DECODE_VS_PREFILL_MEAN_TOL: f32 = 0.45;
 /// SmolLM2 at 30% sparsity: +0.38% perplexity on 40 WikiText windows in the float32 reference
 /// study; two windows here, so a wider bound.
 const PPL_AT_30PCT_MAX: f64 = 0.025;
+/// SmolLM2 with the input criterion at 20% (FFN input channels and h): +0.43% on the profiler's
+/// held-out shakespeare slice; two WikiText windows here, so a wider bound.
+const INPUT_PPL_AT_20PCT_MAX: f64 = 0.025;
 /// Thresholds calibrated on shakespeare reach about their sparsity on WikiText.
 const ACHIEVED_TOL: f64 = 0.06;
 
@@ -130,6 +137,23 @@ fn synthetic_relu_model_profile_predictors_and_sparse_path() {
     assert!(stats.gate_up_fraction() < 0.35, "the predictor computed {} of gate/up rows", stats.gate_up_fraction());
     let same = want.iter().zip(&got).filter(|(a, b)| argmax(a) == argmax(b)).count();
     assert!(same as f32 >= 0.9 * ids.len() as f32, "predicted-sparse decode agrees on {same} of {} next tokens", ids.len());
+
+    // The input criterion at 60%: few enough channels that gate and up are read by column (and
+    // `down` by neuron) in every layer; decoding equals the prefill over the zeroed channels.
+    let input = open(&model, setting(&path, Criterion::Input, 0.6));
+    let layers = input.config().n_layers;
+    let described = input.model.sparsity().map(|s| s.layers_with_columns());
+    assert_eq!(described, Some((layers, layers)), "layers reading gate/up and down by column");
+    let mut cache = input.model.new_cache(ids.len());
+    let got: Vec<Vec<f32>> = ids.iter().map(|&t| input.forward(&[t], &mut cache, Logits::Last).unwrap().to_vec()).collect();
+    let channels = cache.sparsity_stats().gate_up_fraction();
+    assert!((channels - 0.4).abs() <= ACHIEVED_TOL, "the input criterion at 60% kept {channels} of the channels");
+    let mut cache = input.model.new_cache(ids.len());
+    let all = input.forward(&ids, &mut cache, Logits::All).unwrap();
+    let prefill: Vec<Vec<f32>> = all.chunks(input.config().vocab_size).map(<[f32]>::to_vec).collect();
+    let d = max_diff(&got, &prefill);
+    eprintln!("input criterion at 60%: decode by column vs prefill over zeroed channels: max {d}");
+    assert!(d <= INPUT_DECODE_TOL, "input-sparse decode differs from its prefill by {d}");
 }
 
 #[test]
@@ -145,25 +169,32 @@ fn smollm_thresholds_reach_their_sparsity_and_keep_quality() {
     let text = std::fs::read_to_string(util::data_dir().join("wikitext-2-tokens-test.txt")).unwrap();
     let pp = PerplexityParams { ctx: 512, windows: Some(2), chunk: 128 };
     let base = perplexity(&e, &text, &pp, &mut |_, _| {}).unwrap();
-    let sparse = open(&model, setting(&path, Criterion::FfnMagnitude, 0.3));
-    let r = perplexity(&sparse, &text, &pp, &mut |_, _| {}).unwrap();
-    let achieved = r.sparsity.sparsity();
-    assert!((achieved - 0.3).abs() <= ACHIEVED_TOL, "30% asked, {achieved} reached on WikiText");
-    let rel = r.ppl / base.ppl - 1.0;
-    assert!(rel <= PPL_AT_30PCT_MAX, "perplexity {} at 30% vs {} dense ({:+.2}%)", r.ppl, base.ppl, rel * 100.0);
+    for (criterion, target, ppl_max) in [(Criterion::FfnMagnitude, 0.3, PPL_AT_30PCT_MAX), (Criterion::Input, 0.2, INPUT_PPL_AT_20PCT_MAX)] {
+        let what = format!("{} at {:.0}%", criterion.name(), target * 100.0);
+        let sparse = open(&model, setting(&path, criterion, target as f32));
+        let r = perplexity(&sparse, &text, &pp, &mut |_, _| {}).unwrap();
+        let achieved = r.sparsity.sparsity();
+        assert!((achieved - target).abs() <= ACHIEVED_TOL, "{what}: {achieved} reached on WikiText");
+        // The input criterion reads gate and up over the kept channels only.
+        let gate_up = r.sparsity.gate_up_fraction();
+        let want_gate_up = if criterion == Criterion::Input { 1.0 - target } else { 1.0 };
+        assert!((gate_up - want_gate_up).abs() <= ACHIEVED_TOL, "{what}: {gate_up} of gate/up rows computed");
+        let rel = r.ppl / base.ppl - 1.0;
+        assert!(rel <= ppl_max, "{what}: perplexity {} vs {} dense ({:+.2}%)", r.ppl, base.ppl, rel * 100.0);
 
-    // Sparse decode against the masked prefill of the same setting.
-    let ids = sparse.tokenizer.encode(&text[..400], false).unwrap();
-    let ids = &ids[..ids.len().min(48)];
-    let decoded = decode_logits(&sparse, ids);
-    let mut cache = sparse.model.new_cache(ids.len());
-    let all = sparse.forward(ids, &mut cache, Logits::All).unwrap();
-    let prefill: Vec<Vec<f32>> = all.chunks(sparse.config().vocab_size).map(<[f32]>::to_vec).collect();
-    let (d, mean) = (max_diff(&decoded, &prefill), mean_diff(&decoded, &prefill));
-    let same = decoded.iter().zip(&prefill).filter(|(a, b)| argmax(a) == argmax(b)).count();
-    eprintln!("sparse decode vs masked prefill: max {d}, mean {mean}, top-1 agreement {same}/{}", ids.len());
-    assert!(mean <= DECODE_VS_PREFILL_MEAN_TOL, "sparse decode vs masked prefill: mean logit difference {mean}");
-    assert!(d <= DECODE_VS_PREFILL_TOL, "sparse decode vs masked prefill: max logit difference {d}");
+        // Sparse decode against the masked prefill of the same setting.
+        let ids = sparse.tokenizer.encode(&text[..400], false).unwrap();
+        let ids = &ids[..ids.len().min(48)];
+        let decoded = decode_logits(&sparse, ids);
+        let mut cache = sparse.model.new_cache(ids.len());
+        let all = sparse.forward(ids, &mut cache, Logits::All).unwrap();
+        let prefill: Vec<Vec<f32>> = all.chunks(sparse.config().vocab_size).map(<[f32]>::to_vec).collect();
+        let (d, mean) = (max_diff(&decoded, &prefill), mean_diff(&decoded, &prefill));
+        let same = decoded.iter().zip(&prefill).filter(|(a, b)| argmax(a) == argmax(b)).count();
+        eprintln!("{what}: perplexity {:+.2}%, sparse decode vs masked prefill: max {d}, mean {mean}, top-1 agreement {same}/{}", rel * 100.0, ids.len());
+        assert!(mean <= DECODE_VS_PREFILL_MEAN_TOL, "{what}: sparse decode vs masked prefill: mean logit difference {mean}");
+        assert!(d <= DECODE_VS_PREFILL_TOL, "{what}: sparse decode vs masked prefill: max logit difference {d}");
+    }
 }
 
 #[test]

@@ -37,6 +37,10 @@ pub enum Criterion {
     /// A low-rank predictor picks the neurons from x before gate and up; only those rows of
     /// gate, up and down are read, then the magnitude threshold applies among them.
     Predictor,
+    /// TEAL's input sparsity: the FFN input's channels with |x| below the layer's threshold are
+    /// skipped (gate and up read only the kept channels' columns), then h below its threshold
+    /// (`down` reads only the kept neurons' columns); both thresholds at the same sparsity.
+    Input,
 }
 
 impl Criterion {
@@ -45,11 +49,12 @@ impl Criterion {
             Criterion::Dense => "dense",
             Criterion::FfnMagnitude => "ffn_magnitude",
             Criterion::Predictor => "predictor",
+            Criterion::Input => "input",
         }
     }
 
     pub fn parse(s: &str) -> Option<Criterion> {
-        [Criterion::Dense, Criterion::FfnMagnitude, Criterion::Predictor].into_iter().find(|c| c.name() == s)
+        [Criterion::Dense, Criterion::FfnMagnitude, Criterion::Predictor, Criterion::Input].into_iter().find(|c| c.name() == s)
     }
 }
 
@@ -143,6 +148,14 @@ impl Profile {
     pub fn h_threshold(&self, layer: usize, sparsity: f32) -> f32 {
         let s = &self.meta.sparsities;
         let row = &self.h_thresholds[layer * s.len()..(layer + 1) * s.len()];
+        interpolate(s, row, sparsity)
+    }
+
+    /// The |x| threshold of `layer`'s FFN input for `sparsity`, interpolated as
+    /// [`Profile::h_threshold`].
+    pub fn x_threshold(&self, layer: usize, sparsity: f32) -> f32 {
+        let s = &self.meta.sparsities;
+        let row = &self.x_thresholds[layer * s.len()..(layer + 1) * s.len()];
         interpolate(s, row, sparsity)
     }
 

@@ -11,7 +11,7 @@ use ember_predictor::Criterion;
 use super::{run_group, Layer, Model, Scratch};
 use crate::config::Activation;
 use crate::error::Result;
-use crate::sparsity::{Bundle, DownColumns, DownScratch, SparseLayer};
+use crate::sparsity::{Bundle, Columns, DownScratch, SparseLayer};
 
 /// Sees each layer's FFN input and intermediate during a forward pass (the profiler).
 pub trait FfnObserver: Send {
@@ -25,6 +25,18 @@ impl Model {
         let sparse = self.sparse.as_ref().map(|sp| (sp.criterion, &sp.layers[l]));
         if let (Some((criterion, sl)), 1, None) = (sparse, n, &*obs) {
             return self.ffn_sparse_token(layer, criterion, sl, s);
+        }
+        if let (Some((Criterion::Input, sl)), None) = (sparse, &*obs) {
+            // The input's small channels zeroed, as the decode step skips their columns.
+            let (dim, mut kept) = (self.config.dim, 0u64);
+            for v in s.h[..n * dim].iter_mut() {
+                if v.abs() > sl.x_threshold {
+                    kept += 1;
+                } else {
+                    *v = 0.0;
+                }
+            }
+            s.stats.gate_up_rows += gate_up_rows(self.config.ffn_dim, dim, kept);
         }
         let mut group = [
             Product { w: layer.w_gate.mat(), out: &mut s.gate }, // (n, ffn_dim)
@@ -48,11 +60,12 @@ impl Model {
     /// up, and its column of the per-neuron `down`.
     pub(crate) fn sparse_neuron_bytes(&self, l: usize) -> usize {
         let layer = &self.layers[l];
-        let down = DownColumns::bytes_per_neuron(layer.w_down.mat().dtype, self.config.dim);
+        let down = Columns::bytes_per_neuron(layer.w_down.mat().dtype, self.config.dim);
         layer.w_gate.mat().row_bytes() + layer.w_up.mat().row_bytes() + down
     }
 
-    /// Many tokens: dense products, the skipped neurons of each token zeroed before `down`.
+    /// Many tokens: dense products, the skipped neurons of each token zeroed before `down`
+    /// (the input criterion's skipped channels were zeroed before gate and up).
     fn mask_tokens(&self, criterion: Criterion, sl: &SparseLayer, n: usize, s: &mut Scratch) {
         let (dim, ffn) = (self.config.dim, self.config.ffn_dim);
         for t in 0..n {
@@ -79,13 +92,16 @@ impl Model {
                 }
             }
             s.stats.kept += kept;
-            s.stats.gate_up_rows += rows;
+            if criterion != Criterion::Input {
+                s.stats.gate_up_rows += rows;
+            }
             s.stats.total += ffn as u64;
         }
     }
 
     /// One token: candidates from the predictor (or, for ReLU, from gate's sign), then only
-    /// their rows; `down` over the kept neurons' per-neuron rows.
+    /// their rows; or, for the input criterion, gate and up over the kept input channels'
+    /// columns; `down` over the kept neurons' per-neuron rows.
     fn ffn_sparse_token(&self, layer: &Layer, criterion: Criterion, sl: &SparseLayer, s: &mut Scratch) -> Result<()> {
         let act = self.config.activation;
         let ffn = self.config.ffn_dim;
@@ -93,7 +109,30 @@ impl Model {
         sp.idx.clear();
         sp.coef.clear();
         let predictor = sl.predictor.as_ref().filter(|_| criterion == Criterion::Predictor);
-        if let Some(p) = predictor {
+        let mut channels = None;
+        if criterion == Criterion::Input {
+            let dim = self.config.dim;
+            sp.xi.clear();
+            sp.xc.clear();
+            for (i, v) in s.h[..dim].iter_mut().enumerate() {
+                if v.abs() > sl.x_threshold {
+                    sp.xi.push(i as u32);
+                    sp.xc.push(*v);
+                } else {
+                    *v = 0.0; // for the dense products, where the setting has no columns
+                }
+            }
+            channels = Some(sp.xi.len() as u64);
+        }
+        if criterion == Criterion::Input && sl.gate_up(&sp.xi, &sp.xc, &mut s.gate[..ffn], &mut s.up[..ffn], &mut sp.down)? {
+            for (j, (g, u)) in s.gate.iter().zip(&s.up).take(ffn).enumerate() {
+                let h = activate(act, *g) * u;
+                if h.abs() > sl.threshold {
+                    sp.idx.push(j as u32);
+                    sp.coef.push(h);
+                }
+            }
+        } else if let Some(p) = predictor {
             p.predict(&s.h, &mut sp.predict, &mut sp.cand);
             match &sl.bundle {
                 Some(b) => self.bundled_rows(b, s, sl.threshold)?,
@@ -120,14 +159,32 @@ impl Model {
             }
         }
         s.stats.kept += s.sp.idx.len() as u64;
-        s.stats.gate_up_rows += match (predictor, act) {
-            (Some(_), _) => 2 * s.sp.cand.len() as u64,
-            (None, Activation::Relu) => (ffn + s.sp.cand.len()) as u64,
-            (None, _) => 2 * ffn as u64,
+        s.stats.gate_up_rows += match (channels, predictor, act) {
+            (Some(c), _, _) => gate_up_rows(ffn, self.config.dim, c),
+            (None, Some(_), _) => 2 * s.sp.cand.len() as u64,
+            (None, None, Activation::Relu) => (ffn + s.sp.cand.len()) as u64,
+            (None, None, _) => 2 * ffn as u64,
         };
         s.stats.total += ffn as u64;
-        sl.down(&s.sp.idx, &s.sp.coef, &mut s.ffn_out, &mut s.sp.down)?;
-        Ok(())
+        self.down_kept(layer, Some(sl), s)
+    }
+
+    /// `s.ffn_out` = `down` over the kept neurons `s.sp.idx` (their h in `s.sp.coef`): from the
+    /// setting's columns when it has them, else the dense product over h with the other
+    /// neurons zero.
+    pub(super) fn down_kept(&self, layer: &Layer, sl: Option<&SparseLayer>, s: &mut Scratch) -> Result<()> {
+        let (dim, ffn) = (self.config.dim, self.config.ffn_dim);
+        let sp = &mut s.sp;
+        if let Some(sl) = sl {
+            if sl.down(&sp.idx, &sp.coef, &mut s.ffn_out[..dim], &mut sp.down)? {
+                return Ok(());
+            }
+        }
+        s.gate[..ffn].fill(0.0);
+        for (&j, &h) in sp.idx.iter().zip(&sp.coef) {
+            s.gate[j as usize] = h;
+        }
+        run_group(&mut [Product { w: layer.w_down.mat(), out: &mut s.ffn_out }], &s.gate[..ffn], 1, &mut s.gate_q8)
     }
 
     /// h over the candidate neurons `s.sp.cand`, read from the hot-ordered bundle in position
@@ -197,6 +254,11 @@ impl Model {
     }
 }
 
+/// Rows of gate and up that reading `channels` of the `dim` input columns amounts to.
+fn gate_up_rows(ffn: usize, dim: usize, channels: u64) -> u64 {
+    (2 * ffn as u64 * channels).div_ceil(dim.max(1) as u64)
+}
+
 pub(super) fn activate(act: Activation, g: f32) -> f32 {
     match act {
         Activation::Silu => ops::silu(g),
@@ -211,6 +273,8 @@ pub struct SparseScratch {
     pub(super) cand: Vec<u32>,   // candidate neurons (predicted, or gate > 0)
     pub(super) cg: Vec<f32>,     // (cand) gate rows
     pub(super) cu: Vec<f32>,     // (cand) up rows
+    pub(super) xi: Vec<u32>,     // input criterion: kept input channels
+    pub(super) xc: Vec<f32>,     // (xi) their values
     pub(super) idx: Vec<u32>,    // kept neurons
     pub(super) coef: Vec<f32>,   // (idx) their h
     pub(super) predict: ember_predictor::lowrank::PredictScratch,

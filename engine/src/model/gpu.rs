@@ -13,14 +13,14 @@ use std::sync::{Arc, Mutex};
 
 use ember_kernels::backend::{AttnShape, Backend, DeviceBuffer, DeviceMat, Elementwise, GluAct};
 use ember_kernels::cpu::sparse::{matvec_rows, RowsProduct};
-use ember_kernels::cpu::{needs_q8, ops, Input, Product};
+use ember_kernels::cpu::{needs_q8, ops, Input};
 use ember_kernels::quant::q8::quantize_q8;
 use ember_kernels::quant::quantize::quantize_row;
 use ember_kernels::quant::{dequantize_row, DType};
 use ember_kernels::MatRef;
 use ember_predictor::Criterion;
 
-use super::{run_group, Layer, Model, Scratch};
+use super::{Layer, Model, Scratch};
 use crate::config::Activation;
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
@@ -439,17 +439,7 @@ impl Model {
                 sp.coef.push(h);
             }
         }
-        match sl {
-            Some(sl) => sl.down(&sp.idx, &sp.coef, &mut s.ffn_out[..dim], &mut sp.down)?,
-            None => {
-                s.gate.fill(0.0);
-                for (&j, &h) in sp.idx.iter().zip(&sp.coef) {
-                    s.gate[j as usize] = h;
-                }
-                run_group(&mut [Product { w: layer.w_down.mat(), out: &mut s.ffn_out }], &s.gate, 1, &mut s.gate_q8)?;
-            }
-        }
-        Ok(())
+        self.down_kept(layer, sl, s)
     }
 
     fn logits_gpu(&self, g: &GpuModel, gs: &GpuScratch, s: &mut Scratch, n: usize, want: super::Logits) -> Result<()> {
