@@ -207,6 +207,13 @@ impl SparseFfn {
         format!("{} at {:.0}% ({}; {cols})", self.criterion.name(), self.sparsity * 100.0, self.profile_path.display())
     }
 
+    /// Whether a decode step reads fewer weight bytes than dense anywhere: through columns, a
+    /// predictor's rows, or (`relu`) up and `down` only where gate is positive. A setting that
+    /// does not runs the dense products over zeroed inputs, at dense speed at best.
+    pub fn skips_reads(&self, relu: bool) -> bool {
+        self.criterion == Criterion::Predictor || relu || self.layers_with_columns() != (0, 0)
+    }
+
     /// Layers whose decode reads gate and up by column, and `down` by neuron.
     pub fn layers_with_columns(&self) -> (usize, usize) {
         let gate_up = self.layers.iter().filter(|l| l.gate_up_t.is_some()).count();

@@ -165,6 +165,17 @@ fn smollm_thresholds_reach_their_sparsity_and_keep_quality() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("smol.profile.safetensors");
     p.save(&path).unwrap();
+    // A default other than dense must be a setting that reads fewer bytes than dense: the
+    // dense products over zeroed inputs only win a timing by noise.
+    let d = &p.meta.default;
+    if d.criterion != Criterion::Dense {
+        let point = p.meta.sweep.iter().find(|s| s.criterion == d.criterion && s.sparsity == d.sparsity).expect("the default is a sweep point");
+        assert_eq!(point.skips_reads, Some(true), "default {} at {}: {}", d.criterion.name(), d.sparsity, d.reason);
+    }
+    // SmolLM2's Q4_1 `down` by column at 10% sparsity would read about the dense bytes (far
+    // over DENSE_SHARE), so that setting runs the dense products.
+    let low = p.meta.sweep.iter().find(|s| s.criterion == Criterion::FfnMagnitude && s.decode_tps.is_some() && s.sparsity <= 0.1);
+    assert_eq!(low.and_then(|s| s.skips_reads), Some(false), "ffn_magnitude at 10%: {low:?}");
 
     let text = std::fs::read_to_string(util::data_dir().join("wikitext-2-tokens-test.txt")).unwrap();
     let pp = PerplexityParams { ctx: 512, windows: Some(2), chunk: 128 };

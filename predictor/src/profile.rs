@@ -94,6 +94,11 @@ pub struct SweepPoint {
     /// Decode tokens/s measured by the profiler (points within the perplexity budget).
     #[serde(default)]
     pub decode_tps: Option<f64>,
+    /// Whether the setting's decode reads fewer weight bytes than dense (columns, predicted
+    /// rows, ReLU's skipped rows); `Some(false)`: the dense products over zeroed inputs, never
+    /// a default. `None` in profiles written before it was recorded.
+    #[serde(default)]
+    pub skips_reads: Option<bool>,
 }
 
 /// Per-layer summary for people (the tensors hold the details).

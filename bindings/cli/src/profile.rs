@@ -111,7 +111,8 @@ fn print_summary(p: &Profile) {
     println!("|---|---:|---:|---:|---:|---:|");
     for s in &m.sweep {
         let rel = (s.ppl / m.default.dense_ppl - 1.0) * 100.0;
-        let tps = s.decode_tps.map_or("-".to_string(), |t| format!("{t:.1}"));
+        let dense_products = if s.skips_reads == Some(false) { " (dense products)" } else { "" };
+        let tps = s.decode_tps.map_or("-".to_string(), |t| format!("{t:.1}{dense_products}"));
         println!("| {} | {:.0}% | {:.1}% | {:.3} | {rel:+.2}% | {tps} |", s.criterion.name(), s.sparsity * 100.0, s.achieved * 100.0, s.ppl);
     }
     let d = &m.default;
