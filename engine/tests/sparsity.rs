@@ -234,6 +234,9 @@ fn bad_profiles_and_settings_are_errors() {
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let msg = err(&model, setting(&cut, Criterion::FfnMagnitude, 0.5));
     assert!(msg.contains(&cut.display().to_string()), "{msg}");
+    std::fs::write(&cut, &bytes[..64]).unwrap(); // within the JSON header
+    let msg = err(&model, setting(&cut, Criterion::FfnMagnitude, 0.5));
+    assert!(msg.contains(&cut.display().to_string()) && msg.contains("truncated"), "{msg}");
     let msg = err(&model, setting(&model, Criterion::FfnMagnitude, 0.5));
     assert!(msg.contains(&model.display().to_string()), "{msg}");
     // No predictors in it; a sparsity out of range; a sparsity with no profile anywhere.

@@ -208,7 +208,8 @@ impl Profile {
     /// Reads a profile, checking its version and every tensor's shape.
     pub fn load(path: &Path) -> Result<Profile> {
         let bytes = std::fs::read(path).map_err(|e| PredictorError::Io { path: path.to_path_buf(), source: e })?;
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| file_err(path, "header", e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| file_err(path, "header", format!("not a readable safetensors file ({} bytes; truncated or corrupt?): {e:?}", bytes.len())))?;
         let json = header.metadata().as_ref().and_then(|m| m.get(META_KEY)).ok_or_else(|| {
             file_err(path, META_KEY, "missing: not an Ember profile (make one with `ember profile`)".into())
         })?;
