@@ -344,8 +344,12 @@ impl Model {
         let b = &*g.backend;
         let dim = self.config.dim;
         let act = glu_act(self.config.activation);
-        b.write_f32(&gs.h, 0, &s.h[..dim])?;
         let sparse = self.sparse.as_ref().map(|sp| (sp.criterion, &sp.layers[l]));
+        if let Some((Criterion::Input, sl)) = sparse {
+            // Both devices see the input with its small channels zeroed, as prefill does.
+            s.h[..dim].iter_mut().filter(|v| v.abs() <= sl.x_threshold).for_each(|v| *v = 0.0);
+        }
+        b.write_f32(&gs.h, 0, &s.h[..dim])?;
         let predictor = sparse.and_then(|(c, sl)| sl.predictor.as_ref().filter(|_| c == Criterion::Predictor));
         let sp = &mut s.sp;
         sp.hot_pos.clear();
