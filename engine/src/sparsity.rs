@@ -113,7 +113,8 @@ impl Columns {
 /// (their kernel also adds each block's scales, which the copy folds into its per-neuron ones).
 const NATIVE_SHARE: f64 = 0.75;
 
-/// Columns are used when they read at most this share of the dense product's bytes: adding
+/// Columns are used when they read at most this share of the dense product's bytes (and a
+/// layer's predictor only when it names at most this share of the neurons): adding
 /// scattered columns costs more per byte than the dense row dots, most for gate and up's shape
 /// (many outputs, few inputs). Measured on a 2-core AVX2 guest, 1 thread, FFN ms per token with
 /// columns forced: SmolLM2's Q4_1 `down` at 70% of its neurons (0.84 of the dense bytes) 6.5–7.2
@@ -202,6 +203,7 @@ impl SparseFfn {
         let n = self.layers.len();
         let cols = match self.criterion {
             Criterion::Input => format!("gate/up by column in {gate_up} of {n} layers, down in {down}"),
+            Criterion::Predictor => format!("predictor in {} of {n} layers, down by neuron in {down}", self.layers_with_predictor()),
             _ => format!("down by neuron in {down} of {n} layers"),
         };
         format!("{} at {:.0}% ({}; {cols})", self.criterion.name(), self.sparsity * 100.0, self.profile_path.display())
@@ -211,7 +213,13 @@ impl SparseFfn {
     /// predictor's rows, or (`relu`) up and `down` only where gate is positive. A setting that
     /// does not runs the dense products over zeroed inputs, at dense speed at best.
     pub fn skips_reads(&self, relu: bool) -> bool {
-        self.criterion == Criterion::Predictor || relu || self.layers_with_columns() != (0, 0)
+        self.layers_with_predictor() > 0 || relu || self.layers_with_columns() != (0, 0)
+    }
+
+    /// Layers that pick their neurons with the predictor (the others, under
+    /// [`Criterion::Predictor`], keep the exact |h| criterion).
+    pub fn layers_with_predictor(&self) -> usize {
+        self.layers.iter().filter(|l| l.predictor.is_some()).count()
     }
 
     /// Layers whose decode reads gate and up by column, and `down` by neuron.
@@ -300,8 +308,12 @@ pub(crate) fn build(profile: &Profile, path: PathBuf, criterion: Criterion, spar
         .par_iter()
         .enumerate()
         .map(|(l, m)| {
+            // A layer keeps its predictor only where the neurons it names are few enough to
+            // pay for reading them apart and for the active ones it misses; elsewhere the
+            // layer runs the exact |h| criterion.
+            let named = profile.meta.layers.get(l).and_then(|s| s.predictor.as_ref()).map(|s| s.predicted_fraction as f64);
             let predictor = match criterion {
-                Criterion::Predictor => profile.predictors[l].clone(),
+                Criterion::Predictor => profile.predictors[l].clone().filter(|_| named.is_some_and(|f| f <= DENSE_SHARE)),
                 _ => None,
             };
             let freq = &profile.frequency[l * ffn..(l + 1) * ffn];
@@ -317,8 +329,8 @@ pub(crate) fn build(profile: &Profile, path: PathBuf, criterion: Criterion, spar
             let order = if bundle.is_some() { order } else { (0..ffn as u32).collect() };
             // Neurons a token keeps: 1 - sparsity, or fewer where the predictor's active sets
             // are smaller (a ReLU model's natural zeros).
-            let kept = match criterion {
-                Criterion::Predictor => {
+            let kept = match (criterion, &predictor) {
+                (Criterion::Predictor, Some(_)) => {
                     let active = freq.iter().map(|&f| f as f64).sum::<f64>() / ffn.max(1) as f64;
                     active.min(1.0 - sparsity as f64)
                 }

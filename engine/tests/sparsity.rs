@@ -137,11 +137,22 @@ fn synthetic_relu_model_profile_predictors_and_sparse_path() {
     assert!(stats.gate_up_fraction() < 0.35, "the predictor computed {} of gate/up rows", stats.gate_up_fraction());
     let same = want.iter().zip(&got).filter(|(a, b)| argmax(a) == argmax(b)).count();
     assert!(same as f32 >= 0.9 * ids.len() as f32, "predicted-sparse decode agrees on {same} of {} next tokens", ids.len());
+    let layers = predicted.config().n_layers;
+    assert_eq!(predicted.model.sparsity().map(|s| s.layers_with_predictor()), Some(layers), "layers using their predictor");
+    // A layer whose predictor names most neurons keeps the exact criterion.
+    let mut wide = p.clone();
+    wide.meta.layers[0].predictor.as_mut().unwrap().predicted_fraction = 0.9;
+    let wide_path = dir.path().join("wide.profile.safetensors");
+    wide.save(&wide_path).unwrap();
+    let mixed = open(&model, setting(&wide_path, Criterion::Predictor, 0.0));
+    assert_eq!(mixed.model.sparsity().map(|s| s.layers_with_predictor()), Some(layers - 1), "layer 0's predictor names 90%");
+    let got = decode_logits(&mixed, &ids);
+    let same = want.iter().zip(&got).filter(|(a, b)| argmax(a) == argmax(b)).count();
+    assert!(same as f32 >= 0.9 * ids.len() as f32, "mixed predictor/exact decode agrees on {same} of {} next tokens", ids.len());
 
     // The input criterion at 60%: few enough channels that gate and up are read by column (and
     // `down` by neuron) in every layer; decoding equals the prefill over the zeroed channels.
     let input = open(&model, setting(&path, Criterion::Input, 0.6));
-    let layers = input.config().n_layers;
     let described = input.model.sparsity().map(|s| s.layers_with_columns());
     assert_eq!(described, Some((layers, layers)), "layers reading gate/up and down by column");
     let mut cache = input.model.new_cache(ids.len());
