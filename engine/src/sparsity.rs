@@ -146,6 +146,18 @@ impl SparseLayer {
         Ok(true)
     }
 
+    /// [`Criterion::Input`]: zeroes the entries of `x` (one or more tokens' inputs) with
+    /// |x_i| ≤ `x_threshold` and hands each kept one's position in `x` and value to `kept`.
+    pub(crate) fn mask_input(&self, x: &mut [f32], mut kept: impl FnMut(u32, f32)) {
+        for (i, v) in x.iter_mut().enumerate() {
+            if v.abs() > self.x_threshold {
+                kept(i as u32, *v);
+            } else {
+                *v = 0.0;
+            }
+        }
+    }
+
     /// [`Criterion::Input`]: gate·x and up·x over the input channels `idx` (values `coef`), into
     /// `gate` and `up`; false when the setting holds no gate/up columns.
     pub(crate) fn gate_up(&self, idx: &[u32], coef: &[f32], gate: &mut [f32], up: &mut [f32], s: &mut DownScratch) -> Result<bool> {

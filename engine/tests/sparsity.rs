@@ -93,6 +93,11 @@ fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().fold((0, f32::MIN), |m, (i, &x)| if x > m.1 { (i, x) } else { m }).0
 }
 
+/// Steps at which two runs' logits pick the same next token.
+fn same_top1(a: &[Vec<f32>], b: &[Vec<f32>]) -> usize {
+    a.iter().zip(b).filter(|(a, b)| argmax(a) == argmax(b)).count()
+}
+
 #[test]
 fn synthetic_relu_model_profile_predictors_and_sparse_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,7 +140,7 @@ fn synthetic_relu_model_profile_predictors_and_sparse_path() {
     let got: Vec<Vec<f32>> = ids.iter().map(|&t| predicted.forward(&[t], &mut cache, Logits::Last).unwrap().to_vec()).collect();
     let stats = cache.sparsity_stats();
     assert!(stats.gate_up_fraction() < 0.35, "the predictor computed {} of gate/up rows", stats.gate_up_fraction());
-    let same = want.iter().zip(&got).filter(|(a, b)| argmax(a) == argmax(b)).count();
+    let same = same_top1(&want, &got);
     assert!(same as f32 >= 0.9 * ids.len() as f32, "predicted-sparse decode agrees on {same} of {} next tokens", ids.len());
     let layers = predicted.config().n_layers;
     assert_eq!(predicted.model.sparsity().map(|s| s.layers_with_predictor()), Some(layers), "layers using their predictor");
@@ -147,7 +152,7 @@ fn synthetic_relu_model_profile_predictors_and_sparse_path() {
     let mixed = open(&model, setting(&wide_path, Criterion::Predictor, 0.0));
     assert_eq!(mixed.model.sparsity().map(|s| s.layers_with_predictor()), Some(layers - 1), "layer 0's predictor names 90%");
     let got = decode_logits(&mixed, &ids);
-    let same = want.iter().zip(&got).filter(|(a, b)| argmax(a) == argmax(b)).count();
+    let same = same_top1(&want, &got);
     assert!(same as f32 >= 0.9 * ids.len() as f32, "mixed predictor/exact decode agrees on {same} of {} next tokens", ids.len());
 
     // The input criterion at 60%: few enough channels that gate and up are read by column (and
@@ -212,7 +217,7 @@ fn smollm_thresholds_reach_their_sparsity_and_keep_quality() {
         let all = sparse.forward(ids, &mut cache, Logits::All).unwrap();
         let prefill: Vec<Vec<f32>> = all.chunks(sparse.config().vocab_size).map(<[f32]>::to_vec).collect();
         let (d, mean) = (max_diff(&decoded, &prefill), mean_diff(&decoded, &prefill));
-        let same = decoded.iter().zip(&prefill).filter(|(a, b)| argmax(a) == argmax(b)).count();
+        let same = same_top1(&decoded, &prefill);
         eprintln!("{what}: perplexity {:+.2}%, sparse decode vs masked prefill: max {d}, mean {mean}, top-1 agreement {same}/{}", rel * 100.0, ids.len());
         assert!(mean <= DECODE_VS_PREFILL_MEAN_TOL, "{what}: sparse decode vs masked prefill: mean logit difference {mean}");
         assert!(d <= DECODE_VS_PREFILL_TOL, "{what}: sparse decode vs masked prefill: max logit difference {d}");

@@ -151,17 +151,19 @@ impl Profile {
     /// The |h| threshold of `layer` for `sparsity`, interpolated between the calibrated
     /// sparsities (geometrically: thresholds grow about exponentially with sparsity).
     pub fn h_threshold(&self, layer: usize, sparsity: f32) -> f32 {
-        let s = &self.meta.sparsities;
-        let row = &self.h_thresholds[layer * s.len()..(layer + 1) * s.len()];
-        interpolate(s, row, sparsity)
+        self.threshold(&self.h_thresholds, layer, sparsity)
     }
 
     /// The |x| threshold of `layer`'s FFN input for `sparsity`, interpolated as
     /// [`Profile::h_threshold`].
     pub fn x_threshold(&self, layer: usize, sparsity: f32) -> f32 {
+        self.threshold(&self.x_thresholds, layer, sparsity)
+    }
+
+    /// Layer `layer`'s row of a (layers, sparsities) threshold table, interpolated at `sparsity`.
+    fn threshold(&self, table: &[f32], layer: usize, sparsity: f32) -> f32 {
         let s = &self.meta.sparsities;
-        let row = &self.x_thresholds[layer * s.len()..(layer + 1) * s.len()];
-        interpolate(s, row, sparsity)
+        interpolate(s, &table[layer * s.len()..(layer + 1) * s.len()], sparsity)
     }
 
     /// The file commands look for beside a model: `<model file stem>.profile.safetensors`.

@@ -29,13 +29,7 @@ impl Model {
         if let (Some((Criterion::Input, sl)), None) = (sparse, &*obs) {
             // The input's small channels zeroed, as the decode step skips their columns.
             let (dim, mut kept) = (self.config.dim, 0u64);
-            for v in s.h[..n * dim].iter_mut() {
-                if v.abs() > sl.x_threshold {
-                    kept += 1;
-                } else {
-                    *v = 0.0;
-                }
-            }
+            sl.mask_input(&mut s.h[..n * dim], |_, _| kept += 1);
             s.stats.gate_up_rows += gate_up_rows(self.config.ffn_dim, dim, kept);
         }
         let mut group = [
@@ -109,29 +103,18 @@ impl Model {
         sp.idx.clear();
         sp.coef.clear();
         let predictor = sl.predictor.as_ref().filter(|_| criterion == Criterion::Predictor);
-        let mut channels = None;
-        if criterion == Criterion::Input {
-            let dim = self.config.dim;
+        let channels = (criterion == Criterion::Input).then(|| {
+            // Zeroed too for the dense products, where the setting has no columns.
             sp.xi.clear();
             sp.xc.clear();
-            for (i, v) in s.h[..dim].iter_mut().enumerate() {
-                if v.abs() > sl.x_threshold {
-                    sp.xi.push(i as u32);
-                    sp.xc.push(*v);
-                } else {
-                    *v = 0.0; // for the dense products, where the setting has no columns
-                }
-            }
-            channels = Some(sp.xi.len() as u64);
-        }
-        if criterion == Criterion::Input && sl.gate_up(&sp.xi, &sp.xc, &mut s.gate[..ffn], &mut s.up[..ffn], &mut sp.down)? {
-            for (j, (g, u)) in s.gate.iter().zip(&s.up).take(ffn).enumerate() {
-                let h = activate(act, *g) * u;
-                if h.abs() > sl.threshold {
-                    sp.idx.push(j as u32);
-                    sp.coef.push(h);
-                }
-            }
+            sl.mask_input(&mut s.h[..self.config.dim], |i, v| {
+                sp.xi.push(i);
+                sp.xc.push(v);
+            });
+            sp.xi.len() as u64
+        });
+        if channels.is_some() && sl.gate_up(&sp.xi, &sp.xc, &mut s.gate[..ffn], &mut s.up[..ffn], &mut sp.down)? {
+            keep_above(act, sl.threshold, &s.gate[..ffn], &s.up[..ffn], sp);
         } else if let Some(p) = predictor {
             p.predict(&s.h, &mut sp.predict, &mut sp.cand);
             match &sl.bundle {
@@ -150,13 +133,7 @@ impl Model {
                 Product { w: layer.w_up.mat(), out: &mut s.up },
             ];
             run_group(&mut group, &s.h, 1, &mut s.h_q8)?;
-            for (j, (g, u)) in s.gate.iter().zip(&s.up).enumerate() {
-                let h = activate(act, *g) * u;
-                if h.abs() > sl.threshold {
-                    s.sp.idx.push(j as u32);
-                    s.sp.coef.push(h);
-                }
-            }
+            keep_above(act, sl.threshold, &s.gate[..ffn], &s.up[..ffn], &mut s.sp);
         }
         s.stats.kept += s.sp.idx.len() as u64;
         s.stats.gate_up_rows += match (channels, predictor, act) {
@@ -251,6 +228,17 @@ impl Model {
             }
         }
         Ok(())
+    }
+}
+
+/// Pushes onto `sp.idx`/`sp.coef` the neurons whose h = act(gate)·up has |h| > `threshold`.
+fn keep_above(act: Activation, threshold: f32, gate: &[f32], up: &[f32], sp: &mut SparseScratch) {
+    for (j, (g, u)) in gate.iter().zip(up).enumerate() {
+        let h = activate(act, *g) * u;
+        if h.abs() > threshold {
+            sp.idx.push(j as u32);
+            sp.coef.push(h);
+        }
     }
 }
 

@@ -347,7 +347,7 @@ impl Model {
         let sparse = self.sparse.as_ref().map(|sp| (sp.criterion, &sp.layers[l]));
         if let Some((Criterion::Input, sl)) = sparse {
             // Both devices see the input with its small channels zeroed, as prefill does.
-            s.h[..dim].iter_mut().filter(|v| v.abs() <= sl.x_threshold).for_each(|v| *v = 0.0);
+            sl.mask_input(&mut s.h[..dim], |_, _| {});
         }
         b.write_f32(&gs.h, 0, &s.h[..dim])?;
         let predictor = sparse.and_then(|(c, sl)| sl.predictor.as_ref().filter(|_| c == Criterion::Predictor));
