@@ -5,6 +5,7 @@
 #   make test                     what CI runs: prerequisites, model, cargo test --workspace --release,
 #                                 the Python package's and the server's tests
 #   make model                    fetch (or verify) the default model only
+#   make device-kit               what scripts/device-check runs on a lent GPU machine (no Rust there)
 #
 # The model cache is $EMBER_HOME (default ~/.cache/ember); tests find the model through
 # $EMBER_TEST_MODEL, exported below.
@@ -30,7 +31,7 @@ EMBER := ./target/release/ember
 .PHONY: help build run test prereqs model pyenv test-python test-server
 
 help:
-	@sed -n '2,9s/^# \{0,1\}//p' Makefile
+	@sed -n '2,10s/^# \{0,1\}//p' Makefile
 
 build:
 	$(CARGO) build --release -p ember-cli
@@ -41,7 +42,7 @@ run: build model
 # Every suite runs even when an earlier one fails; the target fails if any did.
 test: prereqs model cuda-toolchain
 	status=0; \
-	$(CARGO) test --workspace --release --no-fail-fast || status=1; \
+	EMBER_REQUIRE_WGPU=1 $(CARGO) test --workspace --release --no-fail-fast || status=1; \
 	EMBER_REQUIRE_WGPU=1 $(CARGO) test --release -p ember-kernels --features wgpu --test backend || status=1; \
 	EMBER_REQUIRE_NVRTC=1 LD_LIBRARY_PATH=$(CUDA_NVIDIA)/cuda_nvrtc/lib:$${LD_LIBRARY_PATH:-} PATH=$(CUDA_NVIDIA)/cuda_nvcc/bin:$$PATH $(CARGO) test --release -p ember-kernels --features cuda --test cuda_compile || status=1; \
 	$(MAKE) --no-print-directory test-python || status=1; \
@@ -92,6 +93,37 @@ prereqs:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 \
 	    || { echo "make: installing lavapipe (mesa-vulkan-drivers libvulkan1) failed" >&2; exit 1; }; \
 	fi
+
+# The kit scripts/device-check runs on a lent GPU machine, which has no Rust: stripped release
+# binaries (ember, the backend parity tests, the hybrid tests), the calibration corpus, and the
+# synthetic 7B ReLU model's profile (made here once: synth ~3 min, profile ~$(KIT_PROFILE_MIN) min on
+# 2 cores; the device re-synthesizes the same model from its seed and checks the sha256).
+KIT := .device-kit
+DATA_DIR ?= $(CURDIR)/../shared/data
+KIT_MODEL := target/device-kit/synth-7b-relu-q4_0.gguf
+KIT_BIN := target/device-kit/bin
+KIT_PROFILE_MIN := 40
+.PHONY: device-kit
+device-kit: build
+	rm -rf $(KIT_BIN) && mkdir -p $(KIT_BIN) $(KIT)/data
+	install -s $(EMBER) $(KIT_BIN)/ember
+	@for t in "ember-kernels --features wgpu,cuda --test backend" "ember-engine --test hybrid"; do \
+	  exe=$$($(CARGO) test --release -p $$t --no-run --message-format=json 2>/dev/null \
+	    | $(PYTHON) -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("executable")][-1])'); \
+	  echo "install -s $$exe"; install -s "$$exe" $(KIT_BIN)/$$(basename "$${exe%-*}"); \
+	done
+	@# The device tool carries at most 64 MiB: the binaries travel xz-compressed (a third of it).
+	tar -C $(dir $(KIT_BIN)) -cJf $(KIT)/bin.tar.xz bin
+	cp $(DATA_DIR)/tinyshakespeare.txt $(KIT)/data/
+	$(MAKE) --no-print-directory $(KIT)/synth-7b.profile.safetensors
+	du -sh $(KIT)
+
+$(KIT)/synth-7b.profile.safetensors:
+	mkdir -p $(dir $(KIT_MODEL)) $(KIT)
+	test -f $(KIT_MODEL) || $(EMBER) synth --shape 7b --act relu --sparsity 0.9 --quant q4_0 -o $(KIT_MODEL)
+	sha256sum $(KIT_MODEL) > $(KIT)/synth-7b.sha256
+	$(EMBER) profile -m $(KIT_MODEL) --corpus $(DATA_DIR)/tinyshakespeare.txt --ctx 128 --tokens 1024 \
+	  --samples 1024 --heldout 256 --predictors -o $@
 
 # `ember pull` downloads the default model once (python3 -m pip, then sha256-checked) and
 # verifies it on every later call.

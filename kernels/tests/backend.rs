@@ -1,8 +1,8 @@
 //! One test per `Backend` op, run on every backend compiled in (llama.cpp's `test-backend-ops`,
 //! candle's `test_device!`): the CPU backend always, wgpu adapter 0 with `--features wgpu`
 //! (skipped with a line when there is none, unless `EMBER_REQUIRE_WGPU=1`), CUDA device 0 with
-//! `--features cuda` when it opens. Each op is checked against the naive reference
-//! (`reference::dequantize_ref`, f64 loops here) over many seeded random shapes.
+//! `--features cuda` (likewise, with `EMBER_REQUIRE_CUDA=1`). Each op is checked against the
+//! naive reference (`reference::dequantize_ref`, f64 loops here) over many seeded random shapes.
 //!
 //! Tolerances, one named constant per op:
 //! - products (`matmul`, `matvec_rows`): a backend may read the input quantized to 8 bits per
@@ -54,6 +54,9 @@ fn backends() -> Backends {
     #[cfg(feature = "cuda")]
     match ember_kernels::backend::cuda::CudaBackend::new(0) {
         Ok(b) => v.push((b.name(), Box::new(b))),
+        Err(e) if std::env::var("EMBER_REQUIRE_CUDA").as_deref() == Ok("1") => {
+            panic!("EMBER_REQUIRE_CUDA=1 but the cuda backend did not open: {e}")
+        }
         Err(e) => eprintln!("backend tests: skipping cuda: {e}"),
     }
     v
