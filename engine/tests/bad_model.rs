@@ -613,11 +613,6 @@ fn batched_and_stepwise(e: &Engine, tokens: &[u32]) -> (Vec<f32>, Vec<f32>) {
     (batched, stepwise)
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 const TOKENS: [u32; 11] = [5, 2, 299, 0, 17, 17, 42, 1, 250, 3, 128];
 
 #[test]
@@ -628,12 +623,12 @@ fn tiny_model_batched_prefill_equals_stepwise_decoding_and_the_naive_forward() {
     let vocab = TINY.vocab;
     let (batched, stepwise) = batched_and_stepwise(&e, &TOKENS);
     assert_eq!(batched.len(), TOKENS.len() * vocab);
-    let diff = max_abs_diff(&batched, &stepwise);
+    let diff = util::max_abs_diff(&batched, &stepwise);
     assert!(diff < 1e-4, "batched vs token-by-token logits differ by {diff}");
 
     let naive: Vec<f32> = naive_forward(&t, &TOKENS, false).into_iter().flatten().map(|x| x as f32).collect();
     let scale = naive.iter().map(|x| x.abs()).fold(0.0, f32::max);
-    let diff = max_abs_diff(&batched, &naive);
+    let diff = util::max_abs_diff(&batched, &naive);
     eprintln!("silu: logits up to {scale:.3}; Ember vs naive f64 forward: {diff:e}");
     assert!(scale > 0.5, "degenerate test model: logits all near zero");
     assert!(diff < 1e-3, "Ember vs naive forward: {diff}");
@@ -643,7 +638,7 @@ fn tiny_model_batched_prefill_equals_stepwise_decoding_and_the_naive_forward() {
     let mut cache = e.model.new_cache(e.ctx());
     e.model.forward(&TOKENS[..6], &mut cache, Logits::Last).unwrap();
     let rest = e.model.forward(&TOKENS[6..], &mut cache, Logits::All).unwrap().to_vec();
-    let diff = max_abs_diff(&rest, &batched[6 * vocab..]);
+    let diff = util::max_abs_diff(&rest, &batched[6 * vocab..]);
     assert!(diff < 1e-4, "prefill in two chunks differs by {diff}");
 }
 
@@ -658,14 +653,14 @@ fn tiny_model_relu_activation_is_accepted_and_used() {
     assert_eq!(e_relu.config().activation, Activation::Relu);
 
     let (batched, stepwise) = batched_and_stepwise(&e_relu, &TOKENS);
-    let diff = max_abs_diff(&batched, &stepwise);
+    let diff = util::max_abs_diff(&batched, &stepwise);
     assert!(diff < 1e-4, "relu: batched vs token-by-token logits differ by {diff}");
     let naive: Vec<f32> = naive_forward(&relu, &TOKENS, true).into_iter().flatten().map(|x| x as f32).collect();
-    let diff = max_abs_diff(&batched, &naive);
+    let diff = util::max_abs_diff(&batched, &naive);
     assert!(diff < 1e-3, "relu: Ember vs naive forward: {diff}");
 
     let (silu_logits, _) = batched_and_stepwise(&e_silu, &TOKENS);
-    let change = max_abs_diff(&batched, &silu_logits);
+    let change = util::max_abs_diff(&batched, &silu_logits);
     assert!(change > 1e-2, "the activation changed the logits by only {change}");
 
     // "silu" spelled out is the default, and gelu is accepted.

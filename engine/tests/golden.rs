@@ -78,7 +78,7 @@ fn logits_match_reference(e: &Engine, model: &str) {
         let mut batch_worst = 0.0f32;
         for (pos, id) in ids.iter().enumerate().take(16) {
             let row = e.model.forward(&[*id], &mut cache, Logits::Last).unwrap();
-            let worst = row.iter().zip(&prefill[pos * vocab..]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let worst = util::max_abs_diff(row, &prefill[pos * vocab..(pos + 1) * vocab]);
             assert!(worst < BATCH_TOL, "{key} position {pos}: decode differs from prefill by {worst}");
             batch_worst = batch_worst.max(worst);
             if let Some(p) = r[key][positions].as_array().unwrap().iter().find(|p| p["pos"].as_u64() == Some(pos as u64)) {

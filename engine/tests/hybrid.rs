@@ -126,7 +126,7 @@ fn check_against_cpu(h: &Engine, cpu: &Engine, what: &str, vram: u64) {
         let mut cache = h.model.new_cache(h.ctx());
         let mut row = h.model.forward(&prompt, &mut cache, Logits::Last).unwrap().to_vec();
         for (step, (t, want)) in tokens.iter().zip(&rows).enumerate() {
-            let dev = row.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            let dev = util::max_abs_diff(&row, want);
             worst = worst.max(dev);
             assert!(dev < tol, "{what}: step {step}: logits {dev} away from the CPU-only engine's (tolerance {tol})");
             let (top, margin) = argmax_and_margin(want);
@@ -236,7 +236,7 @@ fn hybrid_matches_cpu_only_on_synthetic_models() {
                 let mut worst = 0.0f32;
                 for (step, t) in tokens.iter().enumerate().skip(half) {
                     let row = h.model.forward(&[*t], &mut c, Logits::Last).unwrap();
-                    let dev = row.iter().zip(&want[step]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                    let dev = util::max_abs_diff(row, &want[step]);
                     worst = worst.max(dev);
                     assert!(dev < SYNTH_TOL, "{what}: step {step}: logits {dev} away from the CPU-only engine's");
                 }
@@ -275,7 +275,7 @@ fn hybrid_keeps_the_input_criterion() {
         let mut c = e.model.new_cache(512);
         tokens.iter().map(|t| e.model.forward(&[*t], &mut c, Logits::Last).unwrap().to_vec()).collect()
     };
-    let worst = |a: &[Vec<f32>], b: &[Vec<f32>]| a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let worst = |a: &[Vec<f32>], b: &[Vec<f32>]| util::max_abs_diff(&a.concat(), &b.concat());
     let (want, dense) = (run(&cpu), run(&cpu_dense));
     let vram = (cpu.model.weight_bytes() as f64 * 0.5) as u64;
     for device in devices() {

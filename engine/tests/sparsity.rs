@@ -81,7 +81,7 @@ fn decode_logits(e: &Engine, ids: &[u32]) -> Vec<Vec<f32>> {
 }
 
 fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    util::max_abs_diff(&a.concat(), &b.concat())
 }
 
 fn mean_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {

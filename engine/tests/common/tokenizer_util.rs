@@ -1,5 +1,6 @@
-//! Shared by the tokenizer and chat-template tests: where the real models and the reference
-//! figures (`/work/shared/reference`, Hugging Face transformers on the GGUF's own vocabulary) are.
+//! Shared by the engine's tests: where the real models and the reference figures
+//! (`/work/shared/reference`, Hugging Face transformers on the GGUF's own vocabulary) are, and
+//! how far apart two logit rows are.
 
 #![allow(dead_code)]
 
@@ -80,4 +81,10 @@ pub fn ids(v: &Value) -> Vec<u32> {
 
 pub fn text(v: &Value) -> &str {
     v.as_str().expect("a string")
+}
+
+/// The largest |a_i − b_i| of two rows of the same length.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
