@@ -96,13 +96,14 @@ prereqs:
 
 # The kit scripts/device-check runs on a lent GPU machine, which has no Rust: stripped release
 # binaries (ember, the backend parity tests, the hybrid tests), the calibration corpus, and the
-# synthetic 7B ReLU model's profile (made here once: synth ~3 min, profile ~$(KIT_PROFILE_MIN) min on
-# 2 cores; the device re-synthesizes the same model from its seed and checks the sha256).
+# synthetic 7B ReLU model's profile (made here once: synth ~3 min, profile ~40 min on 2 cores;
+# the device re-synthesizes the same model from the options in synth-7b.args, written with the
+# profile, and checks the sha256).
 KIT := .device-kit
 DATA_DIR ?= $(CURDIR)/../shared/data
 KIT_MODEL := target/device-kit/synth-7b-relu-q4_0.gguf
+KIT_SYNTH := --shape 7b --act relu --sparsity 0.9 --quant q4_0
 KIT_BIN := target/device-kit/bin
-KIT_PROFILE_MIN := 40
 .PHONY: device-kit
 device-kit: build
 	rm -rf $(KIT_BIN) && mkdir -p $(KIT_BIN) $(KIT)/data
@@ -120,7 +121,8 @@ device-kit: build
 
 $(KIT)/synth-7b.profile.safetensors:
 	mkdir -p $(dir $(KIT_MODEL)) $(KIT)
-	test -f $(KIT_MODEL) || $(EMBER) synth --shape 7b --act relu --sparsity 0.9 --quant q4_0 -o $(KIT_MODEL)
+	test -f $(KIT_MODEL) || $(EMBER) synth $(KIT_SYNTH) -o $(KIT_MODEL)
+	echo "$(KIT_SYNTH)" > $(KIT)/synth-7b.args
 	sha256sum $(KIT_MODEL) > $(KIT)/synth-7b.sha256
 	$(EMBER) profile -m $(KIT_MODEL) --corpus $(DATA_DIR)/tinyshakespeare.txt --ctx 128 --tokens 1024 \
 	  --samples 1024 --heldout 256 --predictors -o $@
