@@ -1,8 +1,8 @@
 //! The profiler (`ember profile`): runs the model over a calibration corpus and writes what the
 //! sparse FFN needs (see `ember_predictor::profile` for the file).
 //!
-//! 1. Pass 1 over the calibration tokens: per layer, histograms of |h| (FFN intermediate) and
-//!    |x| (FFN input) → thresholds for each target sparsity; ReLU's exact zeros.
+//! 1. Pass 1 over the calibration tokens: per layer, histograms of |h| (FFN intermediate), |x|
+//!    (FFN input) and |act(gate·x)| → thresholds for each target sparsity; ReLU's exact zeros.
 //! 2. Pass 2 over the first `samples` tokens: per neuron, how often it is kept at each threshold
 //!    (hotness, skew) and, when predictors are asked for, (x, kept set) training pairs.
 //! 3. Predictors: trained per layer, calibrated for a recall on a held-out tenth of the pairs;
@@ -89,10 +89,10 @@ pub fn profile(engine: &mut Engine, corpus: &str, corpus_name: &str, params: &Pr
     let (l, s) = (c.n_layers, params.sparsities.len());
     let (calib, held) = (&ids[..params.tokens], &ids[params.tokens..need]);
 
-    let mut pass1 = Histograms { h: vec![MagnitudeHist::default(); l], x: vec![MagnitudeHist::default(); l] };
+    let mut pass1 = Histograms { h: vec![MagnitudeHist::default(); l], x: vec![MagnitudeHist::default(); l], a: vec![MagnitudeHist::default(); l] };
     run_windows(engine, calib, params.ctx, &mut pass1, &mut |d, t| progress("pass 1: activation histograms", d, t))?;
     let thr = |hists: &[MagnitudeHist]| -> Vec<f32> { hists.iter().flat_map(|h| params.sparsities.iter().map(|&sp| h.threshold(sp))).collect() };
-    let (h_thresholds, x_thresholds) = (thr(&pass1.h), thr(&pass1.x));
+    let (h_thresholds, x_thresholds, g_thresholds) = (thr(&pass1.h), thr(&pass1.x), thr(&pass1.a));
     let ref_s = params.sparsities.iter().position(|&x| (x - params.predictor_sparsity).abs() < 1e-6).ok_or(EngineError::Param {
         name: "predictor_sparsity",
         problem: format!("{} is not one of the profiled sparsities {:?}", params.predictor_sparsity, params.sparsities),
@@ -161,6 +161,7 @@ pub fn profile(engine: &mut Engine, corpus: &str, corpus_name: &str, params: &Pr
         },
         h_thresholds,
         x_thresholds,
+        g_thresholds: Some(g_thresholds),
         zero_fraction: pass1.h.iter().map(|h| h.zero_fraction()).collect(),
         frequency,
         mean_abs,
@@ -197,16 +198,18 @@ fn run_windows(engine: &Engine, ids: &[u32], ctx: usize, obs: &mut dyn FfnObserv
     Ok(())
 }
 
-/// Pass 1: magnitude histograms of h and x per layer.
+/// Pass 1: magnitude histograms of h, x and act(gate·x) per layer.
 struct Histograms {
     h: Vec<MagnitudeHist>,
     x: Vec<MagnitudeHist>,
+    a: Vec<MagnitudeHist>,
 }
 
 impl FfnObserver for Histograms {
-    fn ffn(&mut self, layer: usize, x: &[f32], h: &[f32]) {
+    fn ffn(&mut self, layer: usize, x: &[f32], a: &[f32], h: &[f32]) {
         self.h[layer].add(h);
         self.x[layer].add(x);
+        self.a[layer].add(a);
     }
 }
 
@@ -218,7 +221,7 @@ struct Counts {
 }
 
 impl FfnObserver for Counts {
-    fn ffn(&mut self, layer: usize, x: &[f32], h: &[f32]) {
+    fn ffn(&mut self, layer: usize, x: &[f32], _a: &[f32], h: &[f32]) {
         let c = &mut self.counts[layer];
         let (ffn, dim) = (c.n_neurons, x.len() / (h.len() / c.n_neurons).max(1));
         let t = c.thresholds[self.ref_s];
@@ -249,7 +252,7 @@ const RETIMED_ROUNDS: usize = 3;
 fn sweep(engine: &mut Engine, profile: &mut Profile, held: &[u32], params: &ProfileParams, progress: Progress<'_>) -> Result<()> {
     let path = std::path::PathBuf::from("(profile being made)");
     let ppl_params = PerplexityParams { ctx: params.ctx, windows: None, chunk: 128 };
-    let mut criteria = vec![Criterion::FfnMagnitude, Criterion::Input];
+    let mut criteria = vec![Criterion::FfnMagnitude, Criterion::Input, Criterion::Gate];
     if profile.predictors.iter().all(Option::is_some) && !profile.predictors.is_empty() {
         criteria.push(Criterion::Predictor);
     }

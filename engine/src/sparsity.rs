@@ -5,7 +5,9 @@
 //! threshold for that sparsity (calibrated on a corpus, as CATS does for the gate and TEAL for
 //! inputs; here on h = act(gate·x) ⊙ (up·x), which loses far less) and, for
 //! [`Criterion::Predictor`], a trained low-rank predictor; [`Criterion::Input`] (TEAL) also
-//! skips the FFN input's small channels, with the layer's |x| threshold. Building a setting makes
+//! skips the FFN input's small channels, with the layer's |x| threshold; [`Criterion::Gate`]
+//! computes gate first and skips the up rows of neurons whose |act(gate)| is below the layer's
+//! gate threshold. Building a setting makes
 //! the per-neuron copy of each layer's `down` (one contiguous column per neuron), and for
 //! `Input` of gate and up (one column per input channel), that the sparse decode step reads;
 //! prefill keeps the dense products and zeroes the skipped neurons and channels, which gives the
@@ -18,6 +20,7 @@ use ember_kernels::cpu::sparse::{axpy_rows, AxpyScratch, ColumnMajor};
 use ember_kernels::{DType, MatRef};
 use ember_predictor::lowrank::LowRankPredictor;
 use ember_predictor::profile::ModelShape;
+pub use ember_predictor::profile::GATE_SHARE;
 pub use ember_predictor::{Criterion, Profile};
 use rayon::prelude::*;
 
@@ -49,6 +52,9 @@ pub(crate) struct SparseLayer {
     /// [`Criterion::Input`]: the FFN input's channel i is kept where |x_i| > x_threshold
     /// (0 for the other criteria: every channel).
     pub x_threshold: f32,
+    /// [`Criterion::Gate`]: up is read for neuron j only where |act(gate_j·x)| > g_threshold
+    /// (0 for the other criteria).
+    pub g_threshold: f32,
     /// [`Criterion::Input`]: gate and up by input channel; `None` where columns would read no
     /// fewer bytes than the dense products (which then run over the zeroed input).
     pub gate_up_t: Option<[Columns; 2]>,
@@ -216,16 +222,18 @@ impl SparseFfn {
         let cols = match self.criterion {
             Criterion::Input => format!("gate/up by column in {gate_up} of {n} layers, down in {down}"),
             Criterion::Predictor => format!("predictor in {} of {n} layers, down by neuron in {down}", self.layers_with_predictor()),
+            Criterion::Gate => format!("up after gate in {n} of {n} layers, down by neuron in {down}"),
             _ => format!("down by neuron in {down} of {n} layers"),
         };
         format!("{} at {:.0}% ({}; {cols})", self.criterion.name(), self.sparsity * 100.0, self.profile_path.display())
     }
 
     /// Whether a decode step reads fewer weight bytes than dense anywhere: through columns, a
-    /// predictor's rows, or (`relu`) up and `down` only where gate is positive. A setting that
-    /// does not runs the dense products over zeroed inputs, at dense speed at best.
+    /// predictor's rows, up only after gate ([`Criterion::Gate`], or `relu`: where gate is
+    /// positive). A setting that does not runs the dense products over zeroed inputs, at dense
+    /// speed at best.
     pub fn skips_reads(&self, relu: bool) -> bool {
-        self.layers_with_predictor() > 0 || relu || self.layers_with_columns() != (0, 0)
+        self.layers_with_predictor() > 0 || relu || self.criterion == Criterion::Gate || self.layers_with_columns() != (0, 0)
     }
 
     /// Layers that pick their neurons with the predictor (the others, under
@@ -303,6 +311,12 @@ pub fn resolve(model_path: &Path, config: &ModelConfig, options: &SparsityOption
             problem: format!("{} has no trained predictors (run `ember profile --predictors`)", path.display()),
         });
     }
+    if criterion == Criterion::Gate && profile.g_thresholds.is_none() {
+        return Err(EngineError::Param {
+            name: "criterion",
+            problem: format!("{} has no gate thresholds (made before the gate criterion: run `ember profile` again)", path.display()),
+        });
+    }
     if sparsity == 0.0 && criterion != Criterion::Predictor {
         criterion = Criterion::Dense;
     }
@@ -360,9 +374,14 @@ pub(crate) fn build(profile: &Profile, path: PathBuf, criterion: Criterion, spar
                 }
                 _ => (0.0, None),
             };
+            let g_threshold = match criterion {
+                Criterion::Gate => profile.g_threshold(l, GATE_SHARE * sparsity).unwrap_or(0.0),
+                _ => 0.0,
+            };
             Ok(SparseLayer {
                 threshold: profile.h_threshold(l, sparsity),
                 x_threshold,
+                g_threshold,
                 gate_up_t,
                 down_t: Columns::new(m.down, &order, kept)?,
                 predictor,

@@ -58,13 +58,13 @@ pub struct SparseArgs {
     /// FFN sparsity overriding the profile's default (0 = dense).
     #[arg(long)]
     pub sparsity: Option<f32>,
-    /// Sparsity criterion overriding the profile's default: ffn_magnitude | input | predictor | dense.
+    /// Sparsity criterion overriding the profile's default: ffn_magnitude | input | gate | predictor | dense.
     #[arg(long, value_parser = parse_criterion)]
     pub criterion: Option<Criterion>,
 }
 
 fn parse_criterion(s: &str) -> std::result::Result<Criterion, String> {
-    Criterion::parse(s).ok_or_else(|| format!("unknown criterion `{s}` (ffn_magnitude, input, predictor, dense)"))
+    Criterion::parse(s).ok_or_else(|| format!("unknown criterion `{s}` ({})", Criterion::names()))
 }
 
 impl ModelArgs {

@@ -48,7 +48,7 @@ impl Model {
         let criterion = criterion
             .map(|c| {
                 Criterion::parse(c).ok_or_else(|| {
-                    PyValueError::new_err(format!("criterion={c:?} is not a criterion: use \"ffn_magnitude\", \"input\", \"predictor\" or \"dense\""))
+                    PyValueError::new_err(format!("criterion={c:?} is not a criterion: use one of {}", Criterion::names()))
                 })
             })
             .transpose()?;

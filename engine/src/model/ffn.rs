@@ -15,9 +15,9 @@ use crate::sparsity::{Bundle, Columns, DownScratch, SparseLayer};
 
 /// Sees each layer's FFN input and intermediate during a forward pass (the profiler).
 pub trait FfnObserver: Send {
-    /// `x`: `(n, dim)` the normed FFN input; `h`: `(n, ffn_dim)` act(gate·x) ⊙ (up·x), before
-    /// any neuron is skipped.
-    fn ffn(&mut self, layer: usize, x: &[f32], h: &[f32]);
+    /// `x`: `(n, dim)` the normed FFN input; `a`: `(n, ffn_dim)` act(gate·x); `h`: `(n,
+    /// ffn_dim)` a ⊙ (up·x), before any neuron is skipped.
+    fn ffn(&mut self, layer: usize, x: &[f32], a: &[f32], h: &[f32]);
 }
 
 impl Model {
@@ -38,11 +38,20 @@ impl Model {
         ];
         run_group(&mut group, &s.h, n, &mut s.h_q8)?;
         let act = self.config.activation;
-        for (g, u) in s.gate.iter_mut().zip(&s.up) {
-            *g = activate(act, *g) * u;
+        let gate_masked = matches!(sparse, Some((Criterion::Gate, _)));
+        if obs.is_some() || gate_masked {
+            s.act.clear();
+            s.act.extend(s.gate.iter().map(|g| activate(act, *g)));
+            for (g, (a, u)) in s.gate.iter_mut().zip(s.act.iter().zip(&s.up)) {
+                *g = a * u;
+            }
+        } else {
+            for (g, u) in s.gate.iter_mut().zip(&s.up) {
+                *g = activate(act, *g) * u;
+            }
         }
         if let Some(obs) = obs {
-            obs.ffn(l, &s.h, &s.gate);
+            obs.ffn(l, &s.h, &s.act, &s.gate);
         }
         if let Some((criterion, sl)) = sparse {
             self.mask_tokens(criterion, sl, n, s);
@@ -65,6 +74,19 @@ impl Model {
         for t in 0..n {
             let h = &mut s.gate[t * ffn..(t + 1) * ffn];
             let mut rows = 2 * ffn as u64;
+            if criterion == Criterion::Gate {
+                // Up only where |act(gate)| passes: the others' h is zero, as decode skips them.
+                let a = &s.act[t * ffn..(t + 1) * ffn];
+                let mut read = 0u64;
+                for (v, a) in h.iter_mut().zip(a) {
+                    if a.abs() > sl.g_threshold {
+                        read += 1;
+                    } else {
+                        *v = 0.0;
+                    }
+                }
+                rows = ffn as u64 + read;
+            }
             if let (Criterion::Predictor, Some(p)) = (criterion, &sl.predictor) {
                 p.predict(&s.h[t * dim..(t + 1) * dim], &mut s.sp.predict, &mut s.sp.cand);
                 rows = 2 * s.sp.cand.len() as u64;
@@ -121,11 +143,11 @@ impl Model {
                 Some(b) => self.bundled_rows(b, s, sl.threshold)?,
                 None => self.candidate_rows(layer, s, sl.threshold, false)?,
             }
-        } else if act == Activation::Relu {
-            // Gate first: up and down only where act(gate) is not zero.
+        } else if let Some(t) = gate_first(act, Some((criterion, sl))) {
+            // Gate first: up and down only where |act(gate)| passes.
             run_group(&mut [Product { w: layer.w_gate.mat(), out: &mut s.gate }], &s.h, 1, &mut s.h_q8)?;
             s.sp.cand.clear();
-            s.sp.cand.extend(s.gate.iter().enumerate().filter(|(_, g)| **g > 0.0).map(|(j, _)| j as u32));
+            s.sp.cand.extend(s.gate.iter().enumerate().filter(|(_, g)| activate(act, **g).abs() > t).map(|(j, _)| j as u32));
             self.candidate_rows(layer, s, sl.threshold, true)?;
         } else {
             let mut group = [
@@ -136,11 +158,11 @@ impl Model {
             keep_above(act, sl.threshold, &s.gate[..ffn], &s.up[..ffn], &mut s.sp);
         }
         s.stats.kept += s.sp.idx.len() as u64;
-        s.stats.gate_up_rows += match (channels, predictor, act) {
+        s.stats.gate_up_rows += match (channels, predictor, gate_first(act, Some((criterion, sl)))) {
             (Some(c), _, _) => gate_up_rows(ffn, self.config.dim, c),
             (None, Some(_), _) => 2 * s.sp.cand.len() as u64,
-            (None, None, Activation::Relu) => (ffn + s.sp.cand.len()) as u64,
-            (None, None, _) => 2 * ffn as u64,
+            (None, None, Some(_)) => (ffn + s.sp.cand.len()) as u64,
+            (None, None, None) => 2 * ffn as u64,
         };
         s.stats.total += ffn as u64;
         self.down_kept(layer, Some(sl), s)
@@ -239,6 +261,17 @@ fn keep_above(act: Activation, threshold: f32, gate: &[f32], up: &[f32], sp: &mu
             sp.idx.push(j as u32);
             sp.coef.push(h);
         }
+    }
+}
+
+/// When gate runs before up (up and `down` then only for the neurons whose |act(gate)| is
+/// above the returned value): ReLU's zeros (0, or the gate criterion's threshold), or the gate
+/// criterion's calibrated threshold on another activation.
+pub(super) fn gate_first(act: Activation, sparse: Option<(Criterion, &SparseLayer)>) -> Option<f32> {
+    let gate_t = sparse.and_then(|(c, sl)| (c == Criterion::Gate).then_some(sl.g_threshold));
+    match act {
+        Activation::Relu => Some(gate_t.unwrap_or(0.0).max(0.0)),
+        _ => gate_t,
     }
 }
 

@@ -418,12 +418,13 @@ impl Model {
         }
         let input = Input { x: &s.h[..dim], q8: quantize.then_some(&s.h_q8), n_tokens: 1 };
         sp.cg.resize(sp.cold.len(), 0.0);
-        if act == Activation::Relu {
+        let sparse = sl.zip(self.sparse.as_ref()).map(|(sl, sp)| (sp.criterion, sl));
+        if let Some(t) = super::ffn::gate_first(act, sparse) {
             matvec_rows(&mut [RowsProduct { w: wg, out: &mut sp.cg }], &sp.cold, input)?;
-            // Keep the neurons whose gate is positive, in place (decode allocates nothing).
+            // Keep the neurons whose |act(gate)| passes, in place (decode allocates nothing).
             let mut kept = 0;
             for i in 0..sp.cold.len() {
-                if sp.cg[i] > 0.0 {
+                if super::ffn::activate(act, sp.cg[i]).abs() > t {
                     (sp.cold[kept], sp.cg[kept]) = (sp.cold[i], sp.cg[i]);
                     kept += 1;
                 }

@@ -285,6 +285,7 @@ pub struct Scratch {
     attn_q8: Q8Acts,
     attn_out: Vec<f32>, // (n, dim)
     gate: Vec<f32>,     // (n, ffn_dim), then act(gate) * up
+    act: Vec<f32>,      // (n, ffn_dim) act(gate), kept where the profiler or the gate criterion needs it
     gate_q8: Q8Acts,
     up: Vec<f32>,       // (n, ffn_dim)
     ffn_out: Vec<f32>,  // (n, dim)
