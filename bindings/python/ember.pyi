@@ -58,7 +58,7 @@ class Model:
     the same time) or "layers" (whole layers). profile: a sparsity profile made by
     `ember profile` (default: "<model>.profile.safetensors" beside the model, when present);
     sparsity: the share of FFN neurons to skip, overriding the profile's default (0 = dense);
-    criterion: "ffn_magnitude", "input", "predictor" or "dense", overriding the profile's.
+    criterion: "ffn_magnitude", "input", "gate", "predictor" or "dense", overriding the profile's.
 
     Raises ModelNotFoundError for a missing path, EmberError for a bad model file, ValueError
     for bad numbers."""
