@@ -7,9 +7,9 @@
 //! [`Criterion::Predictor`], a trained low-rank predictor; [`Criterion::Input`] (TEAL) also
 //! skips the FFN input's small channels, with the layer's |x| threshold; [`Criterion::Gate`]
 //! computes gate first and skips the up rows of neurons whose |act(gate)| is below the layer's
-//! gate threshold. Building a setting makes
-//! the per-neuron copy of each layer's `down` (one contiguous column per neuron), and for
-//! `Input` of gate and up (one column per input channel), that the sparse decode step reads;
+//! gate threshold. Building a setting makes the per-neuron copy of each layer's `down` (one
+//! contiguous column per neuron), and for `Input` of gate and up (one column per input channel),
+//! that the sparse decode step reads;
 //! prefill keeps the dense products and zeroes the skipped neurons and channels, which gives the
 //! same result.
 
@@ -296,6 +296,9 @@ pub fn resolve(model_path: &Path, config: &ModelConfig, options: &SparsityOption
     profile
         .check_model(&path, &model_shape(model_path, config))
         .map_err(|e| EngineError::Param { name: "profile", problem: e.to_string() })?;
+    if options.sparsity == Some(0.0) && options.criterion.is_none() {
+        return Ok(None); // dense asked for, whatever the profile's default criterion
+    }
     let default = &profile.meta.default;
     let sparsity = options.sparsity.unwrap_or(default.sparsity);
     if !(0.0..1.0).contains(&sparsity) {
@@ -311,12 +314,6 @@ pub fn resolve(model_path: &Path, config: &ModelConfig, options: &SparsityOption
             problem: format!("{} has no trained predictors (run `ember profile --predictors`)", path.display()),
         });
     }
-    if criterion == Criterion::Gate && profile.g_thresholds.is_none() {
-        return Err(EngineError::Param {
-            name: "criterion",
-            problem: format!("{} has no gate thresholds (made before the gate criterion: run `ember profile` again)", path.display()),
-        });
-    }
     if sparsity == 0.0 && criterion != Criterion::Predictor {
         criterion = Criterion::Dense;
     }
@@ -330,6 +327,12 @@ pub fn resolve(model_path: &Path, config: &ModelConfig, options: &SparsityOption
 /// the predictor, the hot-ordered gate/up bundles, for the input criterion gate and up by column.
 pub(crate) fn build(profile: &Profile, path: PathBuf, criterion: Criterion, sparsity: f32, mats: &[FfnMats<'_>]) -> Result<SparseFfn> {
     let ffn = profile.meta.model.ffn_dim;
+    if criterion == Criterion::Gate && profile.g_thresholds.is_none() {
+        return Err(EngineError::Param {
+            name: "criterion",
+            problem: format!("{} has no gate thresholds (made before the gate criterion: run `ember profile` again)", path.display()),
+        });
+    }
     let layers = mats
         .par_iter()
         .enumerate()
@@ -375,7 +378,7 @@ pub(crate) fn build(profile: &Profile, path: PathBuf, criterion: Criterion, spar
                 _ => (0.0, None),
             };
             let g_threshold = match criterion {
-                Criterion::Gate => profile.g_threshold(l, GATE_SHARE * sparsity).unwrap_or(0.0),
+                Criterion::Gate => profile.g_threshold(l, GATE_SHARE * sparsity).unwrap_or_default(), // present: checked above
                 _ => 0.0,
             };
             Ok(SparseLayer {

@@ -146,6 +146,14 @@ fn synthetic_relu_model_profile_predictors_and_sparse_path() {
     let same = same_top1(&want, &got);
     assert!(same as f32 >= 0.9 * ids.len() as f32, "predicted-sparse decode agrees on {same} of {} next tokens", ids.len());
     let layers = predicted.config().n_layers;
+    // `--sparsity 0` without a criterion is dense, even with a profile whose default is the
+    // predictor.
+    let mut by_predictor = p.clone();
+    by_predictor.meta.default.criterion = Criterion::Predictor;
+    let by_predictor_path = dir.path().join("by-predictor.profile.safetensors");
+    by_predictor.save(&by_predictor_path).unwrap();
+    let zero = open(&model, SparsityOptions { profile: Some(by_predictor_path), sparsity: Some(0.0), criterion: None });
+    assert!(zero.model.sparsity().is_none(), "sparsity 0 ran {:?}", zero.model.sparsity().map(|s| s.describe()));
     assert_eq!(predicted.model.sparsity().map(|s| s.layers_with_predictor()), Some(layers), "layers using their predictor");
     // A layer whose predictor names most neurons keeps the exact criterion.
     let mut wide = p.clone();
