@@ -38,17 +38,15 @@ impl Model {
         ];
         run_group(&mut group, &s.h, n, &mut s.h_q8)?;
         let act = self.config.activation;
-        let gate_masked = matches!(sparse, Some((Criterion::Gate, _)));
-        if obs.is_some() || gate_masked {
-            s.act.clear();
-            s.act.extend(s.gate.iter().map(|g| activate(act, *g)));
-            for (g, (a, u)) in s.gate.iter_mut().zip(s.act.iter().zip(&s.up)) {
-                *g = a * u;
+        // act(gate) kept apart for the observer and for the gate criterion's mask.
+        let keep_act = obs.is_some() || matches!(sparse, Some((Criterion::Gate, _)));
+        s.act.clear();
+        for (g, u) in s.gate.iter_mut().zip(&s.up) {
+            let a = activate(act, *g);
+            if keep_act {
+                s.act.push(a);
             }
-        } else {
-            for (g, u) in s.gate.iter_mut().zip(&s.up) {
-                *g = activate(act, *g) * u;
-            }
+            *g = a * u;
         }
         if let Some(obs) = obs {
             obs.ffn(l, &s.h, &s.act, &s.gate);
@@ -125,6 +123,7 @@ impl Model {
         sp.idx.clear();
         sp.coef.clear();
         let predictor = sl.predictor.as_ref().filter(|_| criterion == Criterion::Predictor);
+        let gate_t = gate_first(act, Some((criterion, sl)));
         let channels = (criterion == Criterion::Input).then(|| {
             // Zeroed too for the dense products, where the setting has no columns.
             sp.xi.clear();
@@ -143,7 +142,7 @@ impl Model {
                 Some(b) => self.bundled_rows(b, s, sl.threshold)?,
                 None => self.candidate_rows(layer, s, sl.threshold, false)?,
             }
-        } else if let Some(t) = gate_first(act, Some((criterion, sl))) {
+        } else if let Some(t) = gate_t {
             // Gate first: up and down only where |act(gate)| passes.
             run_group(&mut [Product { w: layer.w_gate.mat(), out: &mut s.gate }], &s.h, 1, &mut s.h_q8)?;
             s.sp.cand.clear();
@@ -158,7 +157,7 @@ impl Model {
             keep_above(act, sl.threshold, &s.gate[..ffn], &s.up[..ffn], &mut s.sp);
         }
         s.stats.kept += s.sp.idx.len() as u64;
-        s.stats.gate_up_rows += match (channels, predictor, gate_first(act, Some((criterion, sl)))) {
+        s.stats.gate_up_rows += match (channels, predictor, gate_t) {
             (Some(c), _, _) => gate_up_rows(ffn, self.config.dim, c),
             (None, Some(_), _) => 2 * s.sp.cand.len() as u64,
             (None, None, Some(_)) => (ffn + s.sp.cand.len()) as u64,
